@@ -1,0 +1,318 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newCache(t *testing.T, cfg Config) *Cache {
+	t.Helper()
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func static(b string, calls *atomic.Int32) Fetch {
+	return func(context.Context) ([]byte, error) {
+		calls.Add(1)
+		return []byte(b), nil
+	}
+}
+
+func get(t *testing.T, c *Cache, key string, refresh bool, f Fetch) (string, Meta) {
+	t.Helper()
+	v, m, err := c.Get(context.Background(), key, refresh, f)
+	if err != nil {
+		t.Fatalf("Get(%s): %v", key, err)
+	}
+	defer v.Release()
+	return string(v.Bytes()), m
+}
+
+func TestHitMissAndTTL(t *testing.T) {
+	clk := newClock()
+	c := newCache(t, Config{TTL: time.Minute, Now: clk.Now})
+	var calls atomic.Int32
+	if got, m := get(t, c, "k", false, static("v1", &calls)); got != "v1" || m.Hit {
+		t.Fatalf("first Get = %q hit=%v", got, m.Hit)
+	}
+	clk.Advance(30 * time.Second)
+	if got, m := get(t, c, "k", false, static("v2", &calls)); got != "v1" || !m.Hit || m.Age != 30*time.Second {
+		t.Fatalf("second Get = %q %+v, want cached v1 aged 30s", got, m)
+	}
+	clk.Advance(30 * time.Second) // exactly at expiry: stale
+	if got, _ := get(t, c, "k", false, static("v2", &calls)); got != "v2" {
+		t.Fatalf("after TTL = %q, want v2", got)
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("fetches = %d, want 2", calls.Load())
+	}
+	s := c.Stats()
+	if s.Hits != 1 || s.Misses != 2 || s.Entries != 1 || s.Bytes != 2 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestRefreshBypassesCache(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour})
+	var calls atomic.Int32
+	get(t, c, "k", false, static("old", &calls))
+	if got, m := get(t, c, "k", true, static("new", &calls)); got != "new" || m.Hit {
+		t.Fatalf("refresh Get = %q hit=%v", got, m.Hit)
+	}
+	if got, _ := get(t, c, "k", false, static("x", &calls)); got != "new" {
+		t.Fatalf("after refresh cached = %q, want new", got)
+	}
+}
+
+func TestTTLZeroDisablesCaching(t *testing.T) {
+	c := newCache(t, Config{})
+	var calls atomic.Int32
+	for i := range 3 {
+		if got, m := get(t, c, "k", false, static(fmt.Sprint(i), &calls)); got != fmt.Sprint(i) || m.Hit {
+			t.Fatalf("Get %d = %q hit=%v", i, got, m.Hit)
+		}
+	}
+	if s := c.Stats(); s.Entries != 0 || s.Bytes != 0 || calls.Load() != 3 {
+		t.Fatalf("stats %+v calls %d", s, calls.Load())
+	}
+}
+
+func TestMaxEntryServedNotCached(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour, MaxEntryBytes: 4})
+	var calls atomic.Int32
+	big := "0123456789"
+	for range 2 {
+		if got, _ := get(t, c, "big", false, static(big, &calls)); got != big {
+			t.Fatalf("got %q", got)
+		}
+	}
+	if calls.Load() != 2 || c.Stats().Entries != 0 {
+		t.Fatalf("oversize entry cached: calls %d stats %+v", calls.Load(), c.Stats())
+	}
+}
+
+func TestByteBoundEvictsLRUAndZeroes(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour, MaxBytes: 10})
+	var bufs [3][]byte
+	for i := range bufs {
+		bufs[i] = bytes.Repeat([]byte{byte('a' + i)}, 4)
+		b := bufs[i]
+		v, _, err := c.Get(context.Background(), fmt.Sprint(i), false, func(context.Context) ([]byte, error) { return b, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.Release()
+	}
+	s := c.Stats()
+	if s.Entries != 2 || s.Bytes != 8 || s.Evictions != 1 {
+		t.Fatalf("stats = %+v, want 2 entries, 8 bytes, 1 eviction", s)
+	}
+	if !bytes.Equal(bufs[0], make([]byte, 4)) {
+		t.Fatalf("evicted plaintext not zeroed: %q", bufs[0])
+	}
+	if !bytes.Equal(bufs[2], []byte("cccc")) {
+		t.Fatalf("live entry damaged: %q", bufs[2])
+	}
+}
+
+func TestEvictionNeverZeroesHeldBuffer(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour})
+	var calls atomic.Int32
+	held, _, err := c.Get(context.Background(), "k", false, static("secret-1", &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Replacement (refresh) and purge both drop the cache's reference.
+	get(t, c, "k", true, static("secret-2", &calls))
+	c.Purge()
+	if got := string(held.Bytes()); got != "secret-1" {
+		t.Fatalf("held buffer changed to %q while referenced", got)
+	}
+	b := held.Bytes()
+	held.Release()
+	if !bytes.Equal(b, make([]byte, len(b))) {
+		t.Fatalf("released buffer not zeroed: %q", b)
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour})
+	var calls atomic.Int32
+	release := make(chan struct{})
+	fetch := func(context.Context) ([]byte, error) {
+		calls.Add(1)
+		<-release
+		return []byte("shared"), nil
+	}
+	const n = 1000
+	errs := make(chan error, n)
+	var started sync.WaitGroup
+	started.Add(n)
+	for range n {
+		go func() {
+			started.Done()
+			v, _, err := c.Get(context.Background(), "k", false, fetch)
+			if err == nil {
+				if string(v.Bytes()) != "shared" {
+					err = fmt.Errorf("got %q", v.Bytes())
+				}
+				v.Release()
+			}
+			errs <- err
+		}()
+	}
+	started.Wait()
+	// Wait until every goroutine joined the flight before letting it finish.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c.mu.Lock()
+		f := c.flights["k"]
+		w := int32(0)
+		if f != nil {
+			w = f.waiters
+		}
+		c.mu.Unlock()
+		if w == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d waiters joined", w)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("fetches = %d, want 1", calls.Load())
+	}
+	// All readers released: only the cache's reference remains.
+	e, _ := c.lru.Peek("k")
+	if r := e.val.refs.Load(); r != 1 {
+		t.Fatalf("refs = %d, want 1", r)
+	}
+}
+
+func TestWaiterLeavesOnOwnContext(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour})
+	release := make(chan struct{})
+	fetchCtxErr := make(chan error, 1)
+	fetch := func(ctx context.Context) ([]byte, error) {
+		<-release
+		fetchCtxErr <- ctx.Err()
+		return []byte("v"), nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.Get(ctx, "k", false, fetch)
+		done <- err
+	}()
+	for c.Stats().Misses == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get after cancel = %v, want Canceled", err)
+	}
+	close(release)
+	// The fetch ran on its own budget, not the cancelled caller's.
+	if err := <-fetchCtxErr; err != nil {
+		t.Fatalf("fetch ctx = %v, want alive", err)
+	}
+	var calls atomic.Int32
+	for c.Stats().Entries == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if got, m := get(t, c, "k", false, static("x", &calls)); got != "v" || !m.Hit {
+		t.Fatalf("later Get = %q hit=%v; the abandoned fetch should have filled the cache", got, m.Hit)
+	}
+	e, _ := c.lru.Peek("k")
+	if r := e.val.refs.Load(); r != 1 {
+		t.Fatalf("refs = %d, want 1 (the leaver's reference must not leak)", r)
+	}
+}
+
+func TestFetchErrorNotCached(t *testing.T) {
+	c := newCache(t, Config{TTL: time.Hour})
+	boom := errors.New("boom")
+	_, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return nil, boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	var calls atomic.Int32
+	if got, m := get(t, c, "k", false, static("ok", &calls)); got != "ok" || m.Hit {
+		t.Fatalf("after error got %q hit=%v", got, m.Hit)
+	}
+}
+
+func TestSweepZeroesExpired(t *testing.T) {
+	clk := newClock()
+	c := newCache(t, Config{TTL: time.Second, Now: clk.Now})
+	buf := []byte("plaintext")
+	v, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return buf, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Release()
+	clk.Advance(2 * time.Second)
+	c.Sweep()
+	if c.Stats().Entries != 0 || !bytes.Equal(buf, make([]byte, len(buf))) {
+		t.Fatalf("expired entry not swept and zeroed: %+v %q", c.Stats(), buf)
+	}
+}
+
+func TestValueRedacted(t *testing.T) {
+	v := newValue([]byte("secret"), 1)
+	if s := fmt.Sprintf("%v %s %#v %+v", v, v, v, v); bytes.Contains([]byte(s), []byte("secret")) {
+		t.Fatalf("formatted value leaks: %s", s)
+	}
+}
+
+func BenchmarkHit(b *testing.B) {
+	c, _ := New(Config{TTL: time.Hour})
+	fetch := func(context.Context) ([]byte, error) { return []byte("a secret"), nil }
+	ctx := context.Background()
+	v, _, _ := c.Get(ctx, "default/akv/coco_one", false, fetch)
+	v.Release()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			v, _, err := c.Get(ctx, "default/akv/coco_one", false, fetch)
+			if err != nil {
+				b.Fatal(err)
+			}
+			v.Release()
+		}
+	})
+}

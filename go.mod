@@ -1,0 +1,8 @@
+module github.com/cdh-proxy/cdh-proxy
+
+go 1.26.8
+
+require (
+	github.com/go-jose/go-jose/v4 v4.1.9
+	github.com/hashicorp/golang-lru/v2 v2.0.7
+)

@@ -1,0 +1,438 @@
+// Package kbsclient speaks the Trustee KBS protocol (RCAR: auth → attest →
+// token) and fetches resources as JWE, decrypting them with the ephemeral TEE
+// key the token was issued for. It keeps one token per client, refreshes it
+// before expiry, and shares one handshake among concurrent callers. It does
+// not cache resources (package cache does).
+package kbsclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/resource"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultMaxResponseBytes = 8 << 20
+	DefaultHandshakeTimeout = 30 * time.Second
+	// refreshRetryDelay spaces background refresh attempts after a failure, so
+	// a down KBS sees one attempt per delay, not one per request.
+	refreshRetryDelay = 5 * time.Second
+)
+
+// Config configures a Client. URL and Attester are required.
+type Config struct {
+	URL              string            // KBS base URL, e.g. https://kbs.example:8080
+	Attester         attester.Attester // evidence source
+	KeyAlgorithm     KeyAlgorithm      // TEE key; zero → KeyEC256
+	InitData         []byte            // exact initdata TOML bytes, sent as init-data when non-empty
+	HTTPClient       *http.Client      // nil → NewHTTPClient()
+	Logger           *slog.Logger      // nil → discard
+	Now              func() time.Time  // nil → time.Now
+	Rand             func() float64    // jitter source in [0,1); nil → math/rand/v2
+	MaxResponseBytes int64             // cap on any KBS response body; zero → DefaultMaxResponseBytes
+	HandshakeTimeout time.Duration     // budget of one shared handshake; zero → DefaultHandshakeTimeout
+}
+
+// Stats are cumulative counters, for metrics and tests.
+type Stats struct {
+	Handshakes       uint64 // successful auth+attest rounds
+	HandshakeErrors  uint64
+	ResourceRequests uint64 // resource GETs sent to the KBS
+}
+
+// Client is safe for concurrent use.
+type Client struct {
+	cfg  Config
+	base *url.URL
+	log  *slog.Logger
+
+	baseCtx context.Context // parent of shared handshakes; cancelled by Close
+	cancel  context.CancelFunc
+
+	mu         sync.Mutex
+	cur        *session
+	flight     *handshakeFlight
+	retryAfter time.Time // no background refresh before this (after a failure)
+
+	handshakes, handshakeErrs, resourceReqs atomic.Uint64
+}
+
+type handshakeFlight struct {
+	done chan struct{}
+	s    *session
+	err  error
+}
+
+// New validates cfg and returns a Client. It does no I/O: startup never waits
+// for the KBS.
+func New(cfg Config) (*Client, error) {
+	if cfg.Attester == nil {
+		return nil, errors.New("kbsclient: Attester is required")
+	}
+	u, err := url.Parse(strings.TrimSuffix(cfg.URL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("kbsclient: KBS URL %q: want http(s)://host[:port]", cfg.URL)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("kbsclient: KBS URL %q must not carry user info, query or fragment", cfg.URL)
+	}
+	if cfg.KeyAlgorithm, err = ParseKeyAlgorithm(string(cfg.KeyAlgorithm)); err != nil {
+		return nil, fmt.Errorf("kbsclient: %w", err)
+	}
+	if cfg.HTTPClient == nil {
+		if cfg.HTTPClient, err = NewHTTPClient(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	if cfg.MaxResponseBytes <= 0 {
+		cfg.MaxResponseBytes = DefaultMaxResponseBytes
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	c := &Client{cfg: cfg, base: u, log: cfg.Logger.With("component", "kbsclient")}
+	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		c.log.Warn("KBS URL uses plain HTTP to a non-loopback host; use https in production", "url", u.Redacted())
+	}
+	c.baseCtx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+// Close cancels any handshake still running in the background.
+func (c *Client) Close() { c.cancel() }
+
+// Stats returns the counters.
+func (c *Client) Stats() Stats {
+	return Stats{Handshakes: c.handshakes.Load(), HandshakeErrors: c.handshakeErrs.Load(), ResourceRequests: c.resourceReqs.Load()}
+}
+
+// HasToken reports whether a usable token is held (for /readyz).
+func (c *Client) HasToken() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur.usable(c.cfg.Now())
+}
+
+// Resource fetches and decrypts one resource. On a 401 that says the token is
+// missing or bad it re-attests once and retries; every other failure is
+// returned as a classified *Error (or the ctx error).
+func (c *Client) Resource(ctx context.Context, p resource.Path) ([]byte, error) {
+	if _, err := resource.New(p.Repo, p.Type, p.Tag); err != nil {
+		return nil, err
+	}
+	var stale *session
+	for attempt := 0; ; attempt++ {
+		s, err := c.session(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		plain, err := c.getResource(ctx, s, p)
+		var kerr *Error
+		if attempt == 0 && errors.As(err, &kerr) && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
+			c.log.Info("KBS rejected token; re-attesting once", "kbs_error", kerr.KBSType)
+			stale = s
+			continue
+		}
+		return plain, err
+	}
+}
+
+// session returns a usable session, starting or joining a handshake when
+// needed. stale, when set, is a session the KBS just rejected: it is dropped
+// and never returned again. Callers leave on their own ctx; the handshake
+// itself runs on the client's budget so one impatient caller cannot fail the
+// others.
+func (c *Client) session(ctx context.Context, stale *session) (*session, error) {
+	c.mu.Lock()
+	now := c.cfg.Now()
+	if stale != nil && c.cur == stale {
+		c.cur = nil
+	}
+	if s := c.cur; s.usable(now) {
+		if s.needsRefresh(now) && c.flight == nil && !now.Before(c.retryAfter) {
+			c.startHandshakeLocked() // proactive, in the background; keep serving s
+		}
+		c.mu.Unlock()
+		return s, nil
+	}
+	f := c.flight
+	if f == nil {
+		f = c.startHandshakeLocked()
+	}
+	c.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.s, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Client) startHandshakeLocked() *handshakeFlight {
+	f := &handshakeFlight{done: make(chan struct{})}
+	c.flight = f
+	go func() {
+		ctx, cancel := context.WithTimeout(c.baseCtx, c.cfg.HandshakeTimeout)
+		s, err := c.handshake(ctx)
+		cancel()
+		c.mu.Lock()
+		if err == nil {
+			c.cur = s
+			c.handshakes.Add(1)
+		} else {
+			c.handshakeErrs.Add(1)
+			c.retryAfter = c.cfg.Now().Add(refreshRetryDelay)
+		}
+		c.flight = nil
+		c.mu.Unlock()
+		if err != nil {
+			c.log.Warn("attestation failed", "err", err)
+		} else {
+			c.log.Info("attested", "tee", c.cfg.Attester.Tee(), "token_lifetime", s.expires.Sub(s.obtained).Round(time.Second))
+		}
+		f.s, f.err = s, err
+		close(f.done)
+	}()
+	return f
+}
+
+// handshake runs one RCAR round with a fresh key pair and a fresh cookie jar
+// (parallel handshakes sharing a jar would overwrite each other's session).
+func (c *Client) handshake(ctx context.Context) (*session, error) {
+	key, err := newTEEKey(c.cfg.KeyAlgorithm)
+	if err != nil {
+		return nil, &Error{Kind: AttestationFailed, Op: "keygen", Err: err}
+	}
+	jar, _ := cookiejar.New(nil) // never fails with nil options
+	hc := *c.cfg.HTTPClient
+	hc.Jar = jar
+
+	// auth
+	body, _ := json.Marshal(authRequest{Version: ProtocolVersion, Tee: c.cfg.Attester.Tee(), ExtraParams: supportedHashesJSON})
+	respBody, err := c.post(ctx, &hc, "auth", body)
+	if err != nil {
+		return nil, err
+	}
+	var ch challenge
+	if err := json.Unmarshal(respBody, &ch); err != nil || ch.Nonce == "" {
+		return nil, &Error{Kind: BadResponse, Op: "auth", Detail: "challenge is not {\"nonce\":…}", Err: err}
+	}
+	h, err := selectedHash(ch.ExtraParams)
+	if err != nil {
+		return nil, &Error{Kind: BadResponse, Op: "auth", Detail: "challenge extra-params", Err: err}
+	}
+
+	// evidence bound to nonce and key
+	const additional = "" // no additional devices
+	rd, err := ReportData(h, ch.Nonce, key.jwk, additional)
+	if err != nil {
+		return nil, &Error{Kind: AttestationFailed, Op: "evidence", Err: err}
+	}
+	ev, err := c.cfg.Attester.Evidence(ctx, rd)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &Error{Kind: AttestationFailed, Op: "evidence", Err: err}
+	}
+	jwk, _ := json.Marshal(key.jwk)
+	req := attestRequest{
+		RuntimeData: runtimeData{Nonce: ch.Nonce, TeePubKey: jwk},
+		TeeEvidence: teeEvidence{PrimaryEvidence: ev, AdditionalEvidence: additional},
+	}
+	if len(c.cfg.InitData) > 0 {
+		req.InitData = &initData{Format: "toml", Body: string(c.cfg.InitData)}
+	}
+	body, err = json.Marshal(req)
+	if err != nil {
+		return nil, &Error{Kind: AttestationFailed, Op: "attest", Detail: "encode request", Err: err}
+	}
+	respBody, err = c.post(ctx, &hc, "attest", body)
+	if err != nil {
+		return nil, err
+	}
+	var ar attestResponse
+	if err := json.Unmarshal(respBody, &ar); err != nil || ar.Token == "" {
+		return nil, &Error{Kind: BadResponse, Op: "attest", Detail: "response is not {\"token\":…}", Err: err}
+	}
+	now := c.cfg.Now()
+	life, err := tokenLifetime(ar.Token, now)
+	if err != nil {
+		return nil, &Error{Kind: BadResponse, Op: "attest", Err: err}
+	}
+	return &session{
+		token:     ar.Token,
+		key:       key,
+		obtained:  now,
+		expires:   now.Add(life),
+		refreshAt: refreshPoint(now, life, c.cfg.Rand()),
+	}, nil
+}
+
+func (c *Client) post(ctx context.Context, hc *http.Client, op string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(op), bytes.NewReader(body))
+	if err != nil {
+		return nil, &Error{Kind: Unavailable, Op: op, Err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return c.do(ctx, hc, req, op)
+}
+
+func (c *Client) getResource(ctx context.Context, s *session, p resource.Path) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.endpoint("resource/"+p.String()), nil)
+	if err != nil {
+		return nil, &Error{Kind: Unavailable, Op: "resource", Err: err}
+	}
+	// Bearer rather than the cookie: it decouples us from the 5-minute
+	// session (spec "Session").
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	c.resourceReqs.Add(1)
+	body, err := c.do(ctx, c.cfg.HTTPClient, req, "resource")
+	if err != nil {
+		return nil, err
+	}
+	plain, err := s.key.decrypt(body)
+	if err != nil {
+		return nil, &Error{Kind: BadResponse, Op: "decrypt", Detail: "resource is not a JWE for our key", Err: err}
+	}
+	return plain, nil
+}
+
+func (c *Client) endpoint(op string) string {
+	return c.base.String() + "/kbs/v0/" + op
+}
+
+// do sends req and returns the 200 body, or a classified error.
+func (c *Client) do(ctx context.Context, hc *http.Client, req *http.Request, op string) ([]byte, error) {
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &Error{Kind: Unavailable, Op: op, Err: scrubURLError(err)}
+	}
+	defer resp.Body.Close()
+	body, err := readCapped(resp.Body, c.cfg.MaxResponseBytes)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		kind := Unavailable
+		if errors.Is(err, errTooLarge) {
+			kind = BadResponse
+		}
+		return nil, &Error{Kind: kind, Op: op, Status: resp.StatusCode, Detail: "reading body", Err: err}
+	}
+	if resp.StatusCode == http.StatusOK {
+		return body, nil
+	}
+	return nil, classify(op, resp.StatusCode, body)
+}
+
+var errTooLarge = errors.New("response body exceeds size limit")
+
+func readCapped(r io.Reader, max int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w (%d bytes)", errTooLarge, max)
+	}
+	return b, nil
+}
+
+// classify turns a non-200 KBS answer into an *Error (spec "Errors": 404
+// only for bad paths and unknown plugins, everything else 401 with a type).
+func classify(op string, status int, body []byte) error {
+	e := &Error{Op: op, Status: status}
+	var eb errorBody
+	if json.Unmarshal(body, &eb) == nil && strings.HasPrefix(eb.Type, errTypePrefix) {
+		e.KBSType = strings.TrimPrefix(eb.Type, errTypePrefix)
+		e.Detail = sanitize(eb.Detail)
+	}
+	switch {
+	case status >= 500:
+		e.Kind = Unavailable
+	case e.KBSType == TypePolicyDeny:
+		e.Kind = Denied
+	case e.KBSType == TypePluginInternal || e.KBSType == TypePluginNotFound || e.KBSType == TypeInvalidPath:
+		e.Kind = NotFound
+		if e.KBSType == TypePluginInternal {
+			// The KBS answers a missing resource and a storage failure alike.
+			e.Detail = "resource not found (or KBS storage error): " + e.Detail
+		}
+	case op == "auth" || op == "attest":
+		e.Kind = AttestationFailed
+	case isTokenProblem(e.KBSType):
+		e.Kind = AttestationFailed
+	case e.KBSType == TypeJWE:
+		e.Kind = BadResponse
+		e.Detail = "KBS could not encrypt to our TEE key: " + e.Detail
+	default:
+		e.Kind = BadResponse
+		if e.KBSType == "" {
+			e.Detail = fmt.Sprintf("unexpected answer (%d bytes, not a KBS error body)", len(body))
+		}
+	}
+	return e
+}
+
+// sanitize bounds and de-controls text from the KBS before it reaches our
+// logs and error bodies.
+func sanitize(s string) string {
+	const max = 512
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+// scrubURLError drops the URL from a *url.Error: it carries no secret today,
+// but resource URLs name what a workload asked for and logs do not need them twice.
+func scrubURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}

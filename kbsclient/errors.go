@@ -1,0 +1,93 @@
+package kbsclient
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Kind classifies a failure for callers that map it to a status.
+type Kind int
+
+// Failure kinds. proxy/problem.go is the one place they become statuses.
+const (
+	// Unavailable: the KBS could not be reached or answered 5xx.
+	Unavailable Kind = iota + 1
+	// AttestationFailed: the handshake was refused (bad evidence, version, policy on attest).
+	AttestationFailed
+	// Denied: the KBS resource policy denied access.
+	Denied
+	// NotFound: the resource is missing (or the KBS storage failed: the KBS cannot tell).
+	NotFound
+	// BadResponse: the KBS answered something we cannot use (garbage, bad JWE, no exp).
+	BadResponse
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Unavailable:
+		return "unavailable"
+	case AttestationFailed:
+		return "attestation failed"
+	case Denied:
+		return "denied"
+	case NotFound:
+		return "not found"
+	case BadResponse:
+		return "bad response"
+	}
+	return fmt.Sprintf("kind(%d)", int(k))
+}
+
+// Error is a classified KBS client failure. KBSType and Detail echo the KBS
+// error body when there was one; they never carry secrets (the KBS puts none there).
+type Error struct {
+	Kind    Kind
+	Op      string // "auth", "attest", "resource", "decrypt", …
+	Status  int    // HTTP status from the KBS, 0 when none
+	KBSType string // short variant, e.g. "PolicyDeny"
+	Detail  string // KBS detail text, or our own description
+	Err     error  // underlying cause, may be nil
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("kbs ")
+	b.WriteString(e.Op)
+	b.WriteString(": ")
+	b.WriteString(e.Kind.String())
+	if e.Status != 0 {
+		fmt.Fprintf(&b, " (HTTP %d", e.Status)
+		if e.KBSType != "" {
+			b.WriteString(" ")
+			b.WriteString(e.KBSType)
+		}
+		b.WriteString(")")
+	}
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns the Kind of err, or 0 when err is not a *Error.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}
+
+// isTokenProblem reports whether a 401 means "your token is gone or bad":
+// the only 401s after which re-attesting can help (spec "Errors").
+func isTokenProblem(kbsType string) bool {
+	return kbsType == TypeTokenNotFound || kbsType == TypeTokenVerifier
+}

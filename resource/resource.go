@@ -1,0 +1,72 @@
+// Package resource names KBS resources: the repo/type/tag triple, parsed from
+// an HTTP path or a kbs:/// URI, validated once, the same way everywhere.
+package resource
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// segmentRE is the KBS rule for each of the three path segments
+// (spec kbs-protocol.md, "Endpoints"). It excludes "/", "%" and a leading
+// ".", so "..", "." and a decoded "%2F" can never pass.
+var segmentRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]*$`)
+
+// maxSegment bounds one segment; the KBS has no limit, but nothing legitimate
+// comes close and it keeps hostile input cheap.
+const maxSegment = 255
+
+// ErrInvalidPath is wrapped by every parse failure.
+var ErrInvalidPath = errors.New("invalid resource path")
+
+// Path is a validated resource name.
+type Path struct {
+	Repo, Type, Tag string
+}
+
+// String returns "repo/type/tag", the form used in KBS URLs and cache keys.
+func (p Path) String() string { return p.Repo + "/" + p.Type + "/" + p.Tag }
+
+// New validates the three segments.
+func New(repo, typ, tag string) (Path, error) {
+	for i, s := range [3]string{repo, typ, tag} {
+		if err := checkSegment(s); err != nil {
+			return Path{}, fmt.Errorf("%w: segment %d: %w", ErrInvalidPath, i+1, err)
+		}
+	}
+	return Path{Repo: repo, Type: typ, Tag: tag}, nil
+}
+
+func checkSegment(s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty")
+	case len(s) > maxSegment:
+		return fmt.Errorf("longer than %d bytes", maxSegment)
+	case !segmentRE.MatchString(s):
+		return fmt.Errorf("%q does not match %s", s, segmentRE)
+	}
+	return nil
+}
+
+// ParseEscaped parses "repo/type/tag" as it appears escaped in a URL path.
+// Each segment is unescaped on its own, so "%2F" inside a segment becomes a
+// "/" that the segment rule then rejects instead of silently adding a level.
+func ParseEscaped(escaped string) (Path, error) {
+	parts := strings.Split(escaped, "/")
+	if len(parts) != 3 {
+		return Path{}, fmt.Errorf("%w: want exactly 3 segments repo/type/tag, got %d", ErrInvalidPath, len(parts))
+	}
+	var seg [3]string
+	for i, p := range parts {
+		u, err := url.PathUnescape(p)
+		if err != nil {
+			return Path{}, fmt.Errorf("%w: segment %d: bad escape", ErrInvalidPath, i+1)
+		}
+		seg[i] = u
+	}
+	return New(seg[0], seg[1], seg[2])
+}

@@ -1,0 +1,80 @@
+package resource
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseEscaped(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    Path
+		wantErr bool
+	}{
+		{name: "plain", in: "default/akv/coco_one", want: Path{"default", "akv", "coco_one"}},
+		{name: "dots inside", in: "my-repo/key.v1/tag.1_x", want: Path{"my-repo", "key.v1", "tag.1_x"}},
+		{name: "escaped letter ok", in: "default/akv/coco%5Fone", want: Path{"default", "akv", "coco_one"}},
+		{name: "leading dash ok", in: "-r/_t/0", want: Path{"-r", "_t", "0"}},
+		{name: "two segments", in: "default/akv", wantErr: true},
+		{name: "four segments", in: "default/akv/a/b", wantErr: true},
+		{name: "empty", in: "", wantErr: true},
+		{name: "empty segment", in: "default//coco", wantErr: true},
+		{name: "trailing slash", in: "default/akv/coco/", wantErr: true},
+		{name: "dotdot", in: "default/../coco", wantErr: true},
+		{name: "escaped dotdot", in: "default/%2E%2E/coco", wantErr: true},
+		{name: "dot", in: "default/./coco", wantErr: true},
+		{name: "leading dot", in: "default/akv/.hidden", wantErr: true},
+		{name: "escaped slash", in: "default/akv%2Fx/coco", wantErr: true},
+		{name: "escaped slash lower", in: "default/akv/a%2fb", wantErr: true},
+		{name: "bad escape", in: "default/akv/%zz", wantErr: true},
+		{name: "space", in: "default/akv/a%20b", wantErr: true},
+		{name: "nul", in: "default/akv/a%00", wantErr: true},
+		{name: "backslash", in: `default/akv/a\b`, wantErr: true},
+		{name: "unicode", in: "default/akv/%C3%A9", wantErr: true},
+		{name: "too long", in: "default/akv/" + strings.Repeat("a", 256), wantErr: true},
+		{name: "max length", in: "default/akv/" + strings.Repeat("a", 255), want: Path{"default", "akv", strings.Repeat("a", 255)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseEscaped(tt.in)
+			if tt.wantErr {
+				if !errors.Is(err, ErrInvalidPath) {
+					t.Fatalf("ParseEscaped(%q) = %v, %v; want ErrInvalidPath", tt.in, got, err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseEscaped(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+			if got.String() != tt.want.Repo+"/"+tt.want.Type+"/"+tt.want.Tag {
+				t.Fatalf("String() = %q", got.String())
+			}
+		})
+	}
+}
+
+func FuzzParseEscaped(f *testing.F) {
+	for _, s := range []string{"default/akv/coco_one", "a/../b", "a/b%2Fc/d", "%", "a/b/c/d", "//", "-/_/."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		p, err := ParseEscaped(in)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidPath) {
+				t.Fatalf("error %v does not wrap ErrInvalidPath", err)
+			}
+			return
+		}
+		// Whatever parses must re-validate and must never contain traversal or separators.
+		if _, err := New(p.Repo, p.Type, p.Tag); err != nil {
+			t.Fatalf("parsed %q but New rejects it: %v", in, err)
+		}
+		for _, s := range []string{p.Repo, p.Type, p.Tag} {
+			if s == "" || s == "." || s == ".." || strings.ContainsAny(s, "/%\\\x00") || s[0] == '.' {
+				t.Fatalf("parsed %q into unsafe segment %q", in, s)
+			}
+		}
+	})
+}

@@ -1,0 +1,68 @@
+package kbs
+
+import (
+	"net/http"
+	"time"
+)
+
+// Endpoint names a KBS endpoint for fault injection.
+type Endpoint string
+
+// Endpoints that faults can target.
+const (
+	EndpointAuth     Endpoint = "auth"
+	EndpointAttest   Endpoint = "attest"
+	EndpointResource Endpoint = "resource"
+)
+
+// Faults are test knobs. The zero value injects nothing.
+type Faults struct {
+	// Delay is added before every answer of a targeted endpoint (all when Only is empty).
+	Delay time.Duration
+	// Status, when non-zero, replaces the answer with this status and a Trustee-style error body.
+	Status int
+	// Body, when non-nil, replaces the answer with 200 and these bytes.
+	Body []byte
+	// Only restricts the faults to these endpoints; empty means all.
+	Only []Endpoint
+}
+
+// SetFaults replaces the fault knobs.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	s.faults = f
+	s.mu.Unlock()
+}
+
+// inject applies the faults for ep; it reports whether it answered.
+func (s *Server) inject(w http.ResponseWriter, r *http.Request, ep Endpoint) bool {
+	s.mu.Lock()
+	f := s.faults
+	s.mu.Unlock()
+	if len(f.Only) > 0 {
+		hit := false
+		for _, o := range f.Only {
+			hit = hit || o == ep
+		}
+		if !hit {
+			return false
+		}
+	}
+	if f.Delay > 0 {
+		select {
+		case <-time.After(f.Delay):
+		case <-r.Context().Done():
+			return true
+		}
+	}
+	switch {
+	case f.Status != 0:
+		writeError(w, f.Status, "InjectedFault", "injected fault")
+		return true
+	case f.Body != nil:
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(f.Body)
+		return true
+	}
+	return false
+}

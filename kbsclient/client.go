@@ -436,3 +436,11 @@ func isLoopbackHost(h string) bool {
 	ip := net.ParseIP(h)
 	return ip != nil && ip.IsLoopback()
 }
+
+// Attest makes sure a token is held, running (or joining) a handshake if
+// not. serve calls it in the background at startup so the first request does
+// not pay for attestation; it never blocks startup.
+func (c *Client) Attest(ctx context.Context) error {
+	_, err := c.session(ctx, nil)
+	return err
+}

@@ -1,0 +1,166 @@
+// Package proxy is the front end: the HTTP API workloads curl (and, later,
+// the ttrpc services kata-agent calls). It maps every failure to an honest
+// status in one place (problem.go) and never speaks the KBS protocol itself.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/cdh-proxy/cdh-proxy/resource"
+)
+
+// DefaultBudget is the total time one caller request may take: below
+// kata-agent's 50 s so a failure is reported before the caller gives up.
+const DefaultBudget = 30 * time.Second
+
+// Config configures the HTTP API.
+type Config struct {
+	Resources Resources     // required
+	Ready     func() bool   // /readyz; nil → always ready
+	Budget    time.Duration // per request; zero → DefaultBudget
+	Logger    *slog.Logger  // nil → discard
+}
+
+// NewHandler returns the HTTP API.
+func NewHandler(cfg Config) (http.Handler, error) {
+	if cfg.Resources == nil {
+		return nil, errors.New("proxy: Resources is required")
+	}
+	if cfg.Budget <= 0 {
+		cfg.Budget = DefaultBudget
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = func() bool { return true }
+	}
+	h := &handler{cfg: cfg, log: cfg.Logger.With("component", "http")}
+	r := chi.NewRouter()
+	r.Use(guard)
+	r.HandleFunc("/cdh/resource/*", h.resource)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
+	r.Get("/readyz", h.readyz)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, problem{Type: "urn:cdh-proxy:not-found", Title: "Not Found", Status: http.StatusNotFound,
+			Detail: "no such endpoint; secrets are at /cdh/resource/<repo>/<type>/<tag>"})
+	})
+	return r, nil
+}
+
+type handler struct {
+	cfg Config
+	log *slog.Logger
+}
+
+func (h *handler) resource(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeProblem(w, classify(errMethod))
+		return
+	}
+	// The escaped path, so that %2F inside a segment is seen as such.
+	escaped := strings.TrimPrefix(r.URL.EscapedPath(), "/cdh/resource/")
+	p, err := resource.ParseEscaped(escaped)
+	if err != nil {
+		writeProblem(w, classify(err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Budget)
+	defer cancel()
+	v, meta, err := h.cfg.Resources.Resource(ctx, p, noCache(r.Header))
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("request budget of %s exceeded waiting for the KBS: %w", h.cfg.Budget, err)
+		}
+		prob := classify(err)
+		prob.Resource = p.String()
+		h.log.Warn("resource request failed", "resource", p.String(), "status", prob.Status, "err", err)
+		writeProblem(w, prob)
+		return
+	}
+	defer v.Release()
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Length", strconv.Itoa(v.Len()))
+	if meta.Hit {
+		hdr.Set("X-Cache", "HIT")
+		hdr.Set("Age", strconv.Itoa(int(meta.Age/time.Second)))
+	} else {
+		hdr.Set("X-Cache", "MISS")
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(v.Bytes())
+	}
+}
+
+// noCache reports a request's Cache-Control: no-cache (or the HTTP/1.0
+// Pragma): the caller wants a fresh copy from the KBS.
+func noCache(h http.Header) bool {
+	for _, v := range h.Values("Cache-Control") {
+		for _, d := range strings.Split(v, ",") {
+			if d = strings.TrimSpace(d); strings.EqualFold(d, "no-cache") || strings.EqualFold(d, "max-age=0") {
+				return true
+			}
+		}
+	}
+	return strings.EqualFold(h.Get("Pragma"), "no-cache")
+}
+
+func (h *handler) readyz(w http.ResponseWriter, _ *http.Request) {
+	if h.cfg.Ready() {
+		writeText(w, http.StatusOK, "ready: KBS token held\n")
+		return
+	}
+	writeText(w, http.StatusServiceUnavailable, "not ready: no KBS token yet (attestation pending or failing; see logs)\n")
+}
+
+func writeText(w http.ResponseWriter, status int, s string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(s))
+}
+
+// Serve runs the HTTP API on ln until ctx ends, then drains in-flight
+// requests for up to drain.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, budget, drain time.Duration) error {
+	if budget <= 0 {
+		budget = DefaultBudget
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      budget + 10*time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("http drain: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/cdh-proxy/cdh-proxy/kbsclient"
+	"github.com/cdh-proxy/cdh-proxy/resource"
+)
+
+// problem is an RFC 9457 body. KBSType/KBSDetail echo the KBS error body.
+type problem struct {
+	Type      string `json:"type"`
+	Title     string `json:"title"`
+	Status    int    `json:"status"`
+	Detail    string `json:"detail,omitempty"`
+	Resource  string `json:"resource,omitempty"`
+	KBSType   string `json:"kbs_type,omitempty"`
+	KBSDetail string `json:"kbs_detail,omitempty"`
+}
+
+// Errors the proxy itself raises.
+var (
+	errForbiddenPeer   = errors.New("only loopback clients may read secrets")
+	errForbiddenOrigin = errors.New("requests carrying an Origin header are refused (browser cross-site protection)")
+	errMethod          = errors.New("method not allowed")
+)
+
+// classify is the one place an error becomes an HTTP status (design.md,
+// "Errors"): 400 bad path · 403 denied · 404 missing · 502 garbage/JWE ·
+// 503 KBS unreachable or attestation failed · 504 budget exceeded.
+func classify(err error) problem {
+	var p problem
+	var kerr *kbsclient.Error
+	switch {
+	case errors.Is(err, resource.ErrInvalidPath):
+		p = problem{Type: "urn:cdh-proxy:bad-path", Status: http.StatusBadRequest}
+	case errors.Is(err, errForbiddenPeer), errors.Is(err, errForbiddenOrigin):
+		p = problem{Type: "urn:cdh-proxy:forbidden", Status: http.StatusForbidden}
+	case errors.Is(err, errMethod):
+		p = problem{Type: "urn:cdh-proxy:method-not-allowed", Status: http.StatusMethodNotAllowed}
+	case errors.Is(err, context.DeadlineExceeded):
+		p = problem{Type: "urn:cdh-proxy:timeout", Status: http.StatusGatewayTimeout}
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads this, but log lines want a status.
+		p = problem{Type: "urn:cdh-proxy:canceled", Status: 499}
+	case errors.As(err, &kerr):
+		p.KBSType, p.KBSDetail = kerr.KBSType, kerr.Detail
+		switch kerr.Kind {
+		case kbsclient.Denied:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-policy-denied", http.StatusForbidden
+		case kbsclient.NotFound:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-not-found", http.StatusNotFound
+		case kbsclient.BadResponse:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-bad-response", http.StatusBadGateway
+		case kbsclient.AttestationFailed:
+			p.Type, p.Status = "urn:cdh-proxy:attestation-failed", http.StatusServiceUnavailable
+		default:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-unavailable", http.StatusServiceUnavailable
+		}
+	default:
+		p = problem{Type: "urn:cdh-proxy:internal", Status: http.StatusInternalServerError}
+	}
+	p.Title = http.StatusText(p.Status)
+	if p.Status == 499 {
+		p.Title = "Client Closed Request"
+	}
+	p.Detail = err.Error()
+	return p
+}
+
+func writeProblem(w http.ResponseWriter, p problem) {
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}

@@ -241,11 +241,11 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	}
 	var ch challenge
 	if err := json.Unmarshal(respBody, &ch); err != nil || ch.Nonce == "" {
-		return nil, &Error{Kind: BadResponse, Op: "auth", Detail: "challenge is not {\"nonce\":…}", Err: err}
+		return nil, &Error{Kind: BadResponse, Op: "auth", Msg: "challenge is not {\"nonce\":…}", Err: err}
 	}
 	h, err := selectedHash(ch.ExtraParams)
 	if err != nil {
-		return nil, &Error{Kind: BadResponse, Op: "auth", Detail: "challenge extra-params", Err: err}
+		return nil, &Error{Kind: BadResponse, Op: "auth", Msg: "challenge extra-params", Err: err}
 	}
 
 	// evidence bound to nonce and key
@@ -271,7 +271,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	}
 	body, err = json.Marshal(req)
 	if err != nil {
-		return nil, &Error{Kind: AttestationFailed, Op: "attest", Detail: "encode request", Err: err}
+		return nil, &Error{Kind: AttestationFailed, Op: "attest", Msg: "encode request", Err: err}
 	}
 	respBody, err = c.post(ctx, &hc, "attest", body)
 	if err != nil {
@@ -279,7 +279,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	}
 	var ar attestResponse
 	if err := json.Unmarshal(respBody, &ar); err != nil || ar.Token == "" {
-		return nil, &Error{Kind: BadResponse, Op: "attest", Detail: "response is not {\"token\":…}", Err: err}
+		return nil, &Error{Kind: BadResponse, Op: "attest", Msg: "response is not {\"token\":…}", Err: err}
 	}
 	now := c.cfg.Now()
 	life, err := tokenLifetime(ar.Token, now)
@@ -319,7 +319,7 @@ func (c *Client) getResource(ctx context.Context, s *session, p resource.Path) (
 	}
 	plain, err := s.key.decrypt(body)
 	if err != nil {
-		return nil, &Error{Kind: BadResponse, Op: "decrypt", Detail: "resource is not a JWE for our key", Err: err}
+		return nil, &Error{Kind: BadResponse, Op: "decrypt", Msg: "resource is not a JWE for our key", Err: err}
 	}
 	return plain, nil
 }
@@ -347,7 +347,7 @@ func (c *Client) do(ctx context.Context, hc *http.Client, req *http.Request, op 
 		if errors.Is(err, errTooLarge) {
 			kind = BadResponse
 		}
-		return nil, &Error{Kind: kind, Op: op, Status: resp.StatusCode, Detail: "reading body", Err: err}
+		return nil, &Error{Kind: kind, Op: op, Status: resp.StatusCode, Msg: "reading body", Err: err}
 	}
 	if resp.StatusCode == http.StatusOK {
 		return body, nil
@@ -375,31 +375,28 @@ func classify(op string, status int, body []byte) error {
 	var eb errorBody
 	if json.Unmarshal(body, &eb) == nil && strings.HasPrefix(eb.Type, errTypePrefix) {
 		e.KBSType = strings.TrimPrefix(eb.Type, errTypePrefix)
-		e.Detail = sanitize(eb.Detail)
+		e.KBSDetail = sanitize(eb.Detail)
 	}
 	switch {
 	case status >= 500:
-		e.Kind = Unavailable
+		e.Kind, e.Msg = Unavailable, "KBS server error"
 	case e.KBSType == TypePolicyDeny:
-		e.Kind = Denied
-	case e.KBSType == TypePluginInternal || e.KBSType == TypePluginNotFound || e.KBSType == TypeInvalidPath:
-		e.Kind = NotFound
-		if e.KBSType == TypePluginInternal {
-			// The KBS answers a missing resource and a storage failure alike.
-			e.Detail = "resource not found (or KBS storage error): " + e.Detail
-		}
+		e.Kind, e.Msg = Denied, "access denied by the KBS resource policy"
+	case e.KBSType == TypePluginInternal:
+		// The KBS answers a missing resource and a storage failure alike.
+		e.Kind, e.Msg = NotFound, "resource not found (or a KBS storage error: the KBS does not tell them apart)"
+	case e.KBSType == TypePluginNotFound || e.KBSType == TypeInvalidPath:
+		e.Kind, e.Msg = NotFound, "the KBS has no such endpoint (resource plugin disabled?)"
 	case op == "auth" || op == "attest":
-		e.Kind = AttestationFailed
+		e.Kind, e.Msg = AttestationFailed, "attestation refused by the KBS"
 	case isTokenProblem(e.KBSType):
-		e.Kind = AttestationFailed
+		e.Kind, e.Msg = AttestationFailed, "the KBS rejected a fresh token"
 	case e.KBSType == TypeJWE:
-		e.Kind = BadResponse
-		e.Detail = "KBS could not encrypt to our TEE key: " + e.Detail
+		e.Kind, e.Msg = BadResponse, "the KBS could not encrypt to our TEE key"
+	case e.KBSType == "":
+		e.Kind, e.Msg = BadResponse, fmt.Sprintf("unexpected answer (%d bytes, not a KBS error body)", len(body))
 	default:
-		e.Kind = BadResponse
-		if e.KBSType == "" {
-			e.Detail = fmt.Sprintf("unexpected answer (%d bytes, not a KBS error body)", len(body))
-		}
+		e.Kind, e.Msg = BadResponse, "unexpected KBS error"
 	}
 	return e
 }

@@ -39,15 +39,17 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
-// Error is a classified KBS client failure. KBSType and Detail echo the KBS
-// error body when there was one; they never carry secrets (the KBS puts none there).
+// Error is a classified KBS client failure. KBSType and KBSDetail echo the
+// KBS error body when there was one (the KBS puts no secrets there); Msg is
+// our own explanation.
 type Error struct {
-	Kind    Kind
-	Op      string // "auth", "attest", "resource", "decrypt", …
-	Status  int    // HTTP status from the KBS, 0 when none
-	KBSType string // short variant, e.g. "PolicyDeny"
-	Detail  string // KBS detail text, or our own description
-	Err     error  // underlying cause, may be nil
+	Kind      Kind
+	Op        string // "auth", "attest", "evidence", "resource", "decrypt", …
+	Status    int    // HTTP status from the KBS, 0 when none
+	KBSType   string // short variant, e.g. "PolicyDeny"
+	KBSDetail string // the KBS "detail" text
+	Msg       string // what it means for the caller
+	Err       error  // underlying cause, may be nil
 }
 
 func (e *Error) Error() string {
@@ -55,18 +57,17 @@ func (e *Error) Error() string {
 	b.WriteString("kbs ")
 	b.WriteString(e.Op)
 	b.WriteString(": ")
-	b.WriteString(e.Kind.String())
-	if e.Status != 0 {
-		fmt.Fprintf(&b, " (HTTP %d", e.Status)
-		if e.KBSType != "" {
-			b.WriteString(" ")
-			b.WriteString(e.KBSType)
-		}
-		b.WriteString(")")
+	if e.Msg != "" {
+		b.WriteString(e.Msg)
+	} else {
+		b.WriteString(e.Kind.String())
 	}
-	if e.Detail != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Detail)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, " [KBS HTTP %d", e.Status)
+		if e.KBSType != "" {
+			fmt.Fprintf(&b, " %s: %s", e.KBSType, e.KBSDetail)
+		}
+		b.WriteString("]")
 	}
 	if e.Err != nil {
 		b.WriteString(": ")

@@ -47,7 +47,7 @@ func classify(err error) problem {
 		// The client went away; nobody reads this, but log lines want a status.
 		p = problem{Type: "urn:cdh-proxy:canceled", Status: 499}
 	case errors.As(err, &kerr):
-		p.KBSType, p.KBSDetail = kerr.KBSType, kerr.Detail
+		p.KBSType, p.KBSDetail = kerr.KBSType, kerr.KBSDetail
 		switch kerr.Kind {
 		case kbsclient.Denied:
 			p.Type, p.Status = "urn:cdh-proxy:kbs-policy-denied", http.StatusForbidden

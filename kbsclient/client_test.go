@@ -1,0 +1,359 @@
+package kbsclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/attester/sample"
+	"github.com/cdh-proxy/cdh-proxy/resource"
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+var coco = resource.Path{Repo: "default", Type: "akv", Tag: "coco_one"}
+
+type fixture struct {
+	kbs    *kbs.Server
+	url    string
+	store  kbs.TreeStore
+	client *Client
+}
+
+func newFixture(t *testing.T, kcfg kbs.Config, ccfg Config) *fixture {
+	t.Helper()
+	store := kbs.TreeStore{Dir: t.TempDir()}
+	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
+		t.Fatal(err)
+	}
+	kcfg.Store = store
+	srv, err := kbs.New(kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	ccfg.URL = ts.URL
+	if ccfg.Attester == nil {
+		ccfg.Attester = sample.Attester{}
+	}
+	c, err := New(ccfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return &fixture{kbs: srv, url: ts.URL, store: store, client: c}
+}
+
+func TestResourceEachKeyAlgorithm(t *testing.T) {
+	for _, alg := range []KeyAlgorithm{KeyEC256, KeyEC521, KeyRSA256} {
+		t.Run(string(alg), func(t *testing.T) {
+			f := newFixture(t, kbs.Config{}, Config{KeyAlgorithm: alg})
+			got, err := f.client.Resource(context.Background(), coco)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != "a secret" {
+				t.Fatalf("got %q", got)
+			}
+		})
+	}
+}
+
+func TestJWKExactMembers(t *testing.T) {
+	for alg, want := range map[KeyAlgorithm][]string{
+		KeyEC256:  {"alg", "crv", "kty", "x", "y"},
+		KeyEC521:  {"alg", "crv", "kty", "x", "y"},
+		KeyRSA256: {"alg", "e", "kty", "n"},
+	} {
+		k, err := newTEEKey(alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for m, v := range k.jwk {
+			got = append(got, m)
+			if m != "alg" && m != "kty" && m != "crv" && strings.ContainsAny(v, "=+/") {
+				t.Errorf("%s: member %s = %q is not unpadded base64url", alg, m, v)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: members %v, want %v", alg, got, want)
+		}
+		for _, m := range want {
+			if _, ok := k.jwk[m]; !ok {
+				t.Errorf("%s: missing member %s", alg, m)
+			}
+		}
+		size := map[KeyAlgorithm]int{KeyEC256: 43, KeyEC521: 88}[alg] // ceil(32*4/3), ceil(66*4/3)
+		if size != 0 && (len(k.jwk["x"]) != size || len(k.jwk["y"]) != size) {
+			t.Errorf("%s: x/y not left-padded: %d/%d chars", alg, len(k.jwk["x"]), len(k.jwk["y"]))
+		}
+		if !strings.HasPrefix(k.String(), "[REDACTED") {
+			t.Errorf("key String leaks")
+		}
+	}
+}
+
+func TestTokenReusedAcrossResources(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{})
+	for i := range 20 {
+		tag := "s" + string(rune('a'+i))
+		if err := f.store.Write("default", "akv", tag, []byte(tag)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.client.Resource(context.Background(), resource.Path{Repo: "default", Type: "akv", Tag: tag})
+		if err != nil || string(got) != tag {
+			t.Fatalf("%s: %q %v", tag, got, err)
+		}
+	}
+	if c := f.kbs.Counts(); c.Auth != 1 || c.Attest != 1 || c.Resource != 20 {
+		t.Fatalf("counts = %+v, want 1 auth, 1 attest, 20 resource", c)
+	}
+}
+
+func TestConcurrentCallersShareOneHandshake(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{})
+	f.kbs.SetFaults(kbs.Faults{Delay: 50 * time.Millisecond, Only: []kbs.Endpoint{kbs.EndpointAuth}})
+	const n = 100
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			got, err := f.client.Resource(context.Background(), coco)
+			if err == nil && string(got) != "a secret" {
+				err = errors.New("wrong plaintext")
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := f.kbs.Counts(); c.Auth != 1 || c.Attest != 1 {
+		t.Fatalf("counts = %+v, want exactly 1 auth and 1 attest", c)
+	}
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestTokenRefreshAndExpiry(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	f := newFixture(t, kbs.Config{TokenLifetime: 100 * time.Second, Now: clk.Now},
+		Config{Now: clk.Now, Rand: func() float64 { return 0.5 }}) // refresh at 80 s
+	ctx := context.Background()
+	if _, err := f.client.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(79 * time.Second)
+	if _, err := f.client.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.kbs.Counts(); c.Handshakes != 1 {
+		t.Fatalf("handshakes before refresh point = %d, want 1", c.Handshakes)
+	}
+	// Past 80 %: the request is served with the old token while a
+	// background handshake replaces it.
+	clk.Advance(2 * time.Second)
+	if _, err := f.client.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.client.Stats().Handshakes == 2 })
+	// Far past expiry of everything: a foreground handshake, no failure.
+	clk.Advance(10 * time.Minute)
+	if _, err := f.client.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.kbs.Counts(); c.Handshakes != 3 {
+		t.Fatalf("handshakes = %d, want 3", c.Handshakes)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRefreshPointAndMargin(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	for _, tt := range []struct {
+		r    float64
+		want time.Duration
+	}{{0, 70 * time.Second}, {0.5, 80 * time.Second}, {0.999, 89*time.Second + 980*time.Millisecond}} {
+		if got := refreshPoint(t0, 100*time.Second, tt.r).Sub(t0); got != tt.want {
+			t.Errorf("refreshPoint(r=%v) = %v, want %v", tt.r, got, tt.want)
+		}
+	}
+	s := &session{obtained: t0, expires: t0.Add(100 * time.Second)}
+	if !s.usable(t0.Add(94 * time.Second)) {
+		t.Error("token unusable 6 s before expiry")
+	}
+	if s.usable(t0.Add(96 * time.Second)) {
+		t.Error("token still used within the 5 s margin")
+	}
+	var nilSession *session
+	if nilSession.usable(t0) || !nilSession.needsRefresh(t0) {
+		t.Error("nil session must be unusable and need refresh")
+	}
+}
+
+func TestReattestOnceAfterTokenRejected(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{})
+	ctx := context.Background()
+	if _, err := f.client.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	// A KBS restart (new signing key) invalidates the token we hold.
+	restarted := newFixture(t, kbs.Config{}, Config{})
+	f.client.base = mustParse(t, restarted.url)
+	got, err := f.client.Resource(ctx, coco)
+	if err != nil || string(got) != "a secret" {
+		t.Fatalf("after KBS restart: %q %v", got, err)
+	}
+	if c := restarted.kbs.Counts(); c.Handshakes != 1 || c.Resource != 2 {
+		t.Fatalf("restarted KBS counts = %+v, want 1 handshake, 2 resource GETs (401 then 200)", c)
+	}
+}
+
+func TestTokenProblemTwiceIsNotLooped(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{})
+	// Every resource GET answers 401 TokenVerifierError.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/resource/") {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"type":"https://github.com/confidential-containers/kbs/errors/TokenVerifierError","detail":"Token Verifier error"}`))
+			return
+		}
+		f.kbs.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	f.client.base = mustParse(t, srv.URL)
+	_, err := f.client.Resource(context.Background(), coco)
+	var kerr *Error
+	if !errors.As(err, &kerr) || kerr.Kind != AttestationFailed || kerr.KBSType != TypeTokenVerifier {
+		t.Fatalf("err = %v, want AttestationFailed TokenVerifierError", err)
+	}
+	if c := f.kbs.Counts(); c.Handshakes != 2 {
+		t.Fatalf("handshakes = %d, want 2 (one re-attest, no loop)", c.Handshakes)
+	}
+}
+
+func TestClassifiedFailures(t *testing.T) {
+	tests := []struct {
+		name       string
+		kcfg       kbs.Config
+		path       resource.Path
+		faults     kbs.Faults
+		wantKind   Kind
+		wantType   string
+		maxHandsh  uint64
+		maxResGets uint64
+	}{
+		{name: "policy deny", kcfg: kbs.Config{Policy: kbs.Policy{DenySample: true}}, path: coco,
+			wantKind: Denied, wantType: TypePolicyDeny, maxHandsh: 1, maxResGets: 1},
+		{name: "missing resource", path: resource.Path{Repo: "default", Type: "akv", Tag: "nope"},
+			wantKind: NotFound, wantType: TypePluginInternal, maxHandsh: 1, maxResGets: 1},
+		{name: "kbs 500 on auth", path: coco, faults: kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointAuth}},
+			wantKind: Unavailable, wantType: "InjectedFault", maxHandsh: 0, maxResGets: 0},
+		{name: "garbage challenge", path: coco, faults: kbs.Faults{Body: []byte("<html>"), Only: []kbs.Endpoint{kbs.EndpointAuth}},
+			wantKind: BadResponse, maxHandsh: 0},
+		{name: "garbage resource", path: coco, faults: kbs.Faults{Body: []byte(`{"protected":"x"}`), Only: []kbs.Endpoint{kbs.EndpointResource}},
+			wantKind: BadResponse, maxHandsh: 1, maxResGets: 1},
+		{name: "oversize resource", path: coco, faults: kbs.Faults{Body: make([]byte, 2048), Only: []kbs.Endpoint{kbs.EndpointResource}},
+			wantKind: BadResponse, maxHandsh: 1, maxResGets: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, tt.kcfg, Config{MaxResponseBytes: 1024})
+			f.kbs.SetFaults(tt.faults)
+			_, err := f.client.Resource(context.Background(), tt.path)
+			var kerr *Error
+			if !errors.As(err, &kerr) || kerr.Kind != tt.wantKind || kerr.KBSType != tt.wantType {
+				t.Fatalf("err = %v (%#v), want kind %v type %q", err, kerr, tt.wantKind, tt.wantType)
+			}
+			if c := f.kbs.Counts(); c.Handshakes > tt.maxHandsh || c.Resource > tt.maxResGets {
+				t.Fatalf("counts = %+v: retried a final failure", c)
+			}
+		})
+	}
+}
+
+func TestTamperedReportDataRejected(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{Attester: tamper{}})
+	_, err := f.client.Resource(context.Background(), coco)
+	var kerr *Error
+	if !errors.As(err, &kerr) || kerr.Kind != AttestationFailed || kerr.Op != "attest" || !strings.Contains(kerr.KBSDetail, "report_data does not match") {
+		t.Fatalf("err = %v, want attest refused for report_data mismatch", err)
+	}
+	if c := f.kbs.Counts(); c.Handshakes != 0 || c.Resource != 0 {
+		t.Fatalf("counts = %+v", c)
+	}
+}
+
+// tamper binds a report_data that differs from the real binding in one bit.
+type tamper struct{ sample.Attester }
+
+func (tamper) Evidence(ctx context.Context, rd []byte) (json.RawMessage, error) {
+	bad := append([]byte(nil), rd...)
+	bad[0] ^= 1
+	return sample.Attester{}.Evidence(ctx, bad)
+}
+
+func TestWaiterLeavesOnOwnDeadline(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{})
+	f.kbs.SetFaults(kbs.Faults{Delay: 2 * time.Second, Only: []kbs.Endpoint{kbs.EndpointAuth}})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := f.client.Resource(ctx, coco)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	for _, cfg := range []Config{
+		{URL: "http://x"},
+		{URL: "ftp://x", Attester: sample.Attester{}},
+		{URL: "http://", Attester: sample.Attester{}},
+		{URL: "http://u:p@x", Attester: sample.Attester{}},
+		{URL: "http://x", Attester: sample.Attester{}, KeyAlgorithm: "RSA1_5"},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+}
+
+func mustParse(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -126,12 +126,9 @@ func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	log.Info("listening", "addr", ln.Addr().String(), "kbs", cfg.KBSURL, "kbs_url_from", cfg.KBSURLSource,
 		"attester", att.Tee(), "cache_ttl", cfg.CacheTTL)
 
-	// Attest in the background: startup never waits for the KBS.
-	go func() {
-		if err := kbs.Attest(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("initial attestation failed; will retry on the next request", "err", err)
-		}
-	}()
+	// Attest in the background: startup never waits for the KBS. A failure
+	// is logged by kbsclient and retried on the next request.
+	go func() { _ = kbs.Attest(ctx) }()
 	sweep := max(cfg.CacheTTL, time.Second)
 	cacheDone := make(chan struct{})
 	go func() { _ = c.Run(ctx, sweep); close(cacheDone) }()

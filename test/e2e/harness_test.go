@@ -1,0 +1,230 @@
+// Package e2e runs the real cdh-proxy binary against the strict test KBS.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+var proxyBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cdh-proxy-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	proxyBin = filepath.Join(dir, "cdh-proxy")
+	build := exec.Command("go", "build", "-race", "-o", proxyBin, "../../cmd/cdh-proxy")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building cdh-proxy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testKBS is an in-process strict KBS over HTTPS with a CSI-style repository.
+type testKBS struct {
+	*kbs.Server
+	URL    string
+	CAFile string
+	Root   string // repository root (TreeStore)
+}
+
+func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
+	t.Helper()
+	root := t.TempDir()
+	if err := kbs.WriteCSI(filepath.Join(root, "default", "akv"), map[string][]byte{
+		"coco_one": []byte("a secret"), "coco_two": []byte("another secret"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store = kbs.TreeStore{Dir: root}
+	srv, err := kbs.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, caPEM, err := kbs.NewTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(srv)
+	ts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &testKBS{Server: srv, URL: ts.URL, CAFile: ca, Root: root}
+}
+
+// proxyProc is a running cdh-proxy.
+type proxyProc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	Base string // http://127.0.0.1:port
+	logs *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProxy runs cdh-proxy serve on 127.0.0.1:0 with args and the KBS's CA,
+// and waits for its "listening" log line.
+func startProxy(t *testing.T, k *testKBS, env []string, args ...string) *proxyProc {
+	t.Helper()
+	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--attester", "sample"}
+	if k != nil {
+		base = append(base, "--kbs-cert", k.CAFile)
+	}
+	cmd := exec.Command(proxyBin, append(base, args...)...)
+	// The race runtime sleeps 1 s at exit by default; tests stop many proxies.
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
+	pr, pw := io.Pipe()
+	logs := &syncBuffer{}
+	cmd.Stderr = io.MultiWriter(pw, logs)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proxyProc{t: t, cmd: cmd, logs: logs, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait(); pw.Close() }()
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			var line struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
+				addr <- line.Addr
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	select {
+	case a := <-addr:
+		p.Base = "http://" + a
+	case err := <-p.done:
+		t.Fatalf("cdh-proxy exited before listening: %v\n%s", err, logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("cdh-proxy did not listen\n%s", logs)
+	}
+	t.Cleanup(p.stop)
+	return p
+}
+
+// stop sends SIGTERM and requires a clean exit.
+func (p *proxyProc) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			p.t.Errorf("cdh-proxy exit: %v\n%s", err, p.logs)
+		}
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		p.t.Errorf("cdh-proxy did not stop on SIGTERM")
+	}
+	if p.t.Failed() {
+		p.t.Logf("cdh-proxy logs:\n%s", p.logs)
+	}
+}
+
+var client = &http.Client{
+	Timeout:   60 * time.Second,
+	Transport: &http.Transport{MaxConnsPerHost: 256, MaxIdleConnsPerHost: 256},
+}
+
+type reply struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+func (p *proxyProc) get(path string, hdr ...string) reply {
+	p.t.Helper()
+	r, err := doGet(context.Background(), p.Base+path, hdr...)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return r
+}
+
+func doGet(ctx context.Context, url string, hdr ...string) (reply, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return reply{}, err
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return reply{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}, err
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func mustContain(t *testing.T, s, sub string) {
+	t.Helper()
+	if !strings.Contains(s, sub) {
+		t.Fatalf("%q does not contain %q", s, sub)
+	}
+}
+
+// execProxy runs cdh-proxy to completion and returns its combined output.
+func execProxy(args ...string) (string, error) {
+	cmd := exec.Command(proxyBin, args...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}

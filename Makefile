@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PKGS    := ./...
 # Fuzz targets run by fuzz-short: package:FuzzName
-FUZZ_TARGETS := ./resource:FuzzParseEscaped ./kbsclient:FuzzDecryptInput ./kbsclient:FuzzClassify ./config:FuzzParseCDH
+FUZZ_TARGETS := ./resource:FuzzParseEscaped ./kbsclient:FuzzDecryptInput ./kbsclient:FuzzClassify ./kbsclient:FuzzTokenLifetime ./config:FuzzParseCDH
 FUZZTIME ?= 10s
 
 .PHONY: all build test test-unit lint vet fmt demo fuzz-short clean generate

@@ -1,0 +1,160 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) Env {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cdh.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestParseKBCParams(t *testing.T) {
+	tests := []struct {
+		in, want string
+		wantErr  bool
+	}{
+		{in: "cc_kbc::http://127.0.0.1:8080", want: "http://127.0.0.1:8080"},
+		{in: "cc_kbc::https://kbs.example", want: "https://kbs.example"},
+		{in: "cc_kbc", wantErr: true},
+		{in: "offline_fs_kbc::x", wantErr: true},
+		{in: "cc_kbc::http://[::1]:8080", wantErr: true}, // upstream splits IPv6 too
+		{in: "cc_kbc::", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseKBCParams(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseKBCParams(%q) = %q, %v", tt.in, got, err)
+		}
+	}
+}
+
+func TestPrecedenceAndConflicts(t *testing.T) {
+	file := writeFile(t, "[kbc]\nname = \"cc_kbc\"\nurl = \"https://from-file:8080\"\n")
+	tests := []struct {
+		name      string
+		flags     Flags
+		env       map[string]string
+		want      string
+		wantWarns int
+	}{
+		{name: "file only", flags: Flags{ConfigFile: file}, want: "https://from-file:8080"},
+		{name: "env beats file", flags: Flags{ConfigFile: file}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
+		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
+		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file}, want: "https://from-file:8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(tt.flags, env(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.KBSURL != tt.want || len(c.Warnings) != tt.wantWarns {
+				t.Fatalf("url %q warnings %q; want %q and %d warnings", c.KBSURL, c.Warnings, tt.want, tt.wantWarns)
+			}
+		})
+	}
+}
+
+func TestDefaultsAndValidation(t *testing.T) {
+	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Bind != DefaultBind || c.CacheTTL != DefaultCacheTTL || c.CacheMaxByte != DefaultCacheMaxBytes ||
+		c.CacheMaxItem != DefaultCacheMaxEntry || c.Budget != DefaultBudget || c.Attester != "auto" {
+		t.Fatalf("defaults: %+v", c)
+	}
+	zero := time.Duration(0)
+	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero}, env(nil)); err != nil || c.CacheTTL != 0 {
+		t.Fatalf("explicit TTL 0: %v %v", c, err)
+	}
+	neg := -time.Second
+	for name, f := range map[string]Flags{
+		"no url":       {},
+		"bad scheme":   {KBSURL: "ftp://x"},
+		"bad attester": {KBSURL: "http://x", Attester: "tpm"},
+		"neg ttl":      {KBSURL: "http://x", CacheTTL: &neg},
+		"bad level":    {KBSURL: "http://x", LogLevel: "loud"},
+		"bad format":   {KBSURL: "http://x", LogFormat: "xml"},
+		"missing cert": {KBSURL: "http://x", KBSCert: "/nonexistent/ca.pem"},
+		"missing file": {ConfigFile: "/nonexistent/cdh.toml"},
+	} {
+		if _, err := Load(f, env(nil)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestParseCDH(t *testing.T) {
+	full := `socket = "unix:///run/confidential-containers/cdh.sock"
+skip_sealed_secret_verification = true
+[kbc]
+name = "cc_kbc"
+url = "https://kbs:8080"
+kbs_cert = """-----BEGIN CERTIFICATE-----
+MIIB
+-----END CERTIFICATE-----"""
+[aa]
+aa_socket = "unix:///x"
+[log]
+level = "debug"
+[[credentials]]
+resource_uri = "kbs:///default/key/1"
+path = "/run/confidential-containers/cdh/kbs/key1"
+[image]
+max_concurrent_layer_downloads_per_image = 3
+`
+	f, warns, err := ParseCDH("cdh.toml", []byte(full))
+	if err != nil || len(warns) != 0 {
+		t.Fatalf("full file: %v %v", err, warns)
+	}
+	if f.KBC.URL != "https://kbs:8080" || !strings.Contains(f.KBC.KBSCert, "BEGIN CERTIFICATE") || len(f.Credentials) != 1 || !f.SkipSealedSecretVerification {
+		t.Fatalf("parsed %+v", f)
+	}
+
+	_, warns, err = ParseCDH("cdh.toml", []byte("[kbc]\nurl = \"http://x\"\nflavour = \"vanilla\"\n[future]\nx = 1\n"))
+	if err != nil || len(warns) != 2 || !strings.Contains(warns[0], "cdh.toml:3") || !strings.Contains(warns[0], "kbc.flavour") {
+		t.Fatalf("unknown keys: %v %q", err, warns)
+	}
+
+	for name, tt := range map[string]struct{ body, want string }{
+		"type error":   {"[kbc]\nname = \"cc_kbc\"\nurl = 5\n", `cdh.toml:3:`},
+		"syntax error": {"[kbc\nurl = \"x\"\n", "cdh.toml:1:"},
+		"no url":       {"[kbc]\nname = \"cc_kbc\"\n", "[kbc] url is required"},
+		"bad kbc":      {"[kbc]\nname = \"offline_fs_kbc\"\nurl = \"http://x\"\n", "not supported"},
+	} {
+		_, _, err := ParseCDH("cdh.toml", []byte(tt.body))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err %v, want it to mention %q", name, err, tt.want)
+		}
+	}
+	_, _, err = ParseCDH("cdh.toml", []byte("[kbc]\nname = \"cc_kbc\"\nurl = 5\n"))
+	if !strings.Contains(err.Error(), `"kbc.url"`) {
+		t.Errorf("type error does not name the key: %v", err)
+	}
+}
+
+func FuzzParseCDH(f *testing.F) {
+	f.Add([]byte("[kbc]\nname = \"cc_kbc\"\nurl = \"http://x\"\n"))
+	f.Add([]byte("socket = 1\n[[credentials]]\npath = []\n"))
+	f.Add([]byte("[kbc\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, _, err := ParseCDH("fuzz.toml", data)
+		if err == nil && c.KBC.URL == "" {
+			t.Fatal("accepted a file without [kbc] url")
+		}
+	})
+}

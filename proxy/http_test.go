@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/cache"
+	"github.com/cdh-proxy/cdh-proxy/kbsclient"
+	"github.com/cdh-proxy/cdh-proxy/resource"
+)
+
+// fakeKBS answers from a map or with a fixed error.
+type fakeKBS struct {
+	data map[string]string
+	err  error
+}
+
+func (f *fakeKBS) Resource(_ context.Context, p resource.Path) ([]byte, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	v, ok := f.data[p.String()]
+	if !ok {
+		return nil, &kbsclient.Error{Kind: kbsclient.NotFound, Op: "resource", Status: 401, KBSType: "PluginInternalError"}
+	}
+	return []byte(v), nil
+}
+
+func newTestHandler(t *testing.T, kbs Fetcher) http.Handler {
+	t.Helper()
+	c, err := cache.New(cache.Config{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(Config{Resources: &CachedResources{Cache: c, KBS: kbs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func serve(h http.Handler, remote, target string, hdr ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	req.RemoteAddr = remote
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestGuard(t *testing.T) {
+	h := newTestHandler(t, &fakeKBS{data: map[string]string{"default/akv/coco_one": "a secret"}})
+	tests := []struct {
+		name, remote string
+		hdr          []string
+		want         int
+	}{
+		{name: "ipv4 loopback", remote: "127.0.0.1:5555", want: 200},
+		{name: "other 127/8", remote: "127.1.2.3:5555", want: 200},
+		{name: "ipv6 loopback", remote: "[::1]:5555", want: 200},
+		{name: "pod network peer", remote: "10.244.0.7:5555", want: 403},
+		{name: "public peer", remote: "203.0.113.9:5555", want: 403},
+		{name: "ipv4-mapped non-loopback", remote: "[::ffff:10.0.0.1]:5555", want: 403},
+		{name: "garbage remote", remote: "nonsense", want: 403},
+		{name: "origin header", remote: "127.0.0.1:5555", hdr: []string{"Origin", "null"}, want: 403},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := serve(h, tt.remote, "/cdh/resource/default/akv/coco_one", tt.hdr...)
+			if rec.Code != tt.want {
+				t.Fatalf("status %d, want %d", rec.Code, tt.want)
+			}
+			if tt.want == 200 && rec.Body.String() != "a secret" {
+				t.Fatalf("body %q", rec.Body)
+			}
+			if tt.want == 403 && rec.Body.String() == "a secret" {
+				t.Fatal("secret served to a refused peer")
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"bad path", resource.ErrInvalidPath, 400},
+		{"denied", &kbsclient.Error{Kind: kbsclient.Denied}, 403},
+		{"not found", &kbsclient.Error{Kind: kbsclient.NotFound}, 404},
+		{"bad response", &kbsclient.Error{Kind: kbsclient.BadResponse}, 502},
+		{"unavailable", &kbsclient.Error{Kind: kbsclient.Unavailable}, 503},
+		{"attestation failed", &kbsclient.Error{Kind: kbsclient.AttestationFailed}, 503},
+		{"deadline", context.DeadlineExceeded, 504},
+		{"wrapped deadline", errors.Join(errors.New("x"), context.DeadlineExceeded), 504},
+		{"unknown", errors.New("boom"), 500},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if p := classify(tt.err); p.Status != tt.want || p.Title == "" || p.Type == "" {
+				t.Fatalf("classify(%v) = %+v, want status %d", tt.err, p, tt.want)
+			}
+		})
+	}
+}
+
+func TestProblemBodyCarriesKBSError(t *testing.T) {
+	h := newTestHandler(t, &fakeKBS{err: &kbsclient.Error{Kind: kbsclient.Denied, Op: "resource", Status: 401,
+		KBSType: "PolicyDeny", KBSDetail: "Access denied by policy"}})
+	rec := serve(h, "127.0.0.1:1", "/cdh/resource/default/akv/coco_one")
+	var p problem
+	if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != 403 || p.KBSType != "PolicyDeny" || p.KBSDetail != "Access denied by policy" || p.Resource != "default/akv/coco_one" {
+		t.Fatalf("%d %+v", rec.Code, p)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+}
+
+func TestHeadAndHeaders(t *testing.T) {
+	h := newTestHandler(t, &fakeKBS{data: map[string]string{"r/t/x": "0123456789"}})
+	req := httptest.NewRequest(http.MethodHead, "/cdh/resource/r/t/x", nil)
+	req.RemoteAddr = "127.0.0.1:1"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != 200 || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") != "10" {
+		t.Fatalf("HEAD: %d len %d CL %q", rec.Code, rec.Body.Len(), rec.Header().Get("Content-Length"))
+	}
+	rec = serve(h, "127.0.0.1:1", "/cdh/resource/r/t/x?ignored=1")
+	if rec.Body.String() != "0123456789" || rec.Header().Get("X-Cache") != "HIT" || rec.Header().Get("Cache-Control") != "no-store" {
+		t.Fatalf("GET: %q %v", rec.Body, rec.Header())
+	}
+}
+
+func TestNoCache(t *testing.T) {
+	for hdr, want := range map[string]bool{
+		"no-cache": true, "No-Cache": true, "max-age=0": true, "private, no-cache": true,
+		"no-store": false, "": false, "max-age=10": false,
+	} {
+		h := http.Header{}
+		if hdr != "" {
+			h.Set("Cache-Control", hdr)
+		}
+		if got := noCache(h); got != want {
+			t.Errorf("noCache(%q) = %v, want %v", hdr, got, want)
+		}
+	}
+	if !noCache(http.Header{"Pragma": {"no-cache"}}) {
+		t.Error("Pragma: no-cache ignored")
+	}
+}

@@ -47,11 +47,20 @@ say "starting cdh-proxy --attester sample on $BIND (KBS $kbs_url)"
 	--bind "$BIND" >"$DEMO/cdh-proxy.log" 2>&1 &
 pids+=($!)
 
+# get URL: print the body; fail on a non-2xx status.
 get() {
 	if command -v curl >/dev/null 2>&1; then
 		curl -sS --fail-with-body "$1"
 	else
 		"$BIN/fetch" "$1"
+	fi
+}
+# show URL: print status and body, whatever the status.
+show() {
+	if command -v curl >/dev/null 2>&1; then
+		curl -sS -w '\n(HTTP %{http_code})\n' "$1"
+	else
+		"$BIN/fetch" "$1" 2>&1 || true
 	fi
 }
 for _ in $(seq 100); do get "http://$BIND/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -68,8 +77,7 @@ if command -v curl >/dev/null 2>&1; then
 fi
 
 say "a missing secret gives an honest 404 with a problem+json body:"
-get "http://$BIND/cdh/resource/default/akv/nope" || true
-echo
+show "http://$BIND/cdh/resource/default/akv/nope"
 
 say "cdh-proxy log:"
 sed 's/^/    /' "$DEMO/cdh-proxy.log"

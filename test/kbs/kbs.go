@@ -11,6 +11,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/go-sev-guest/verify/trust"
 )
 
 // Defaults, as Trustee's.
@@ -40,8 +43,12 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AdminToken enables POST resource/… with "Authorization: Bearer <AdminToken>".
 	AdminToken string
-	Logger     *slog.Logger     // nil → discard
-	Now        func() time.Time // nil → time.Now
+	// SNPRoots are the trusted AMD roots per product line; nil refuses snp evidence.
+	SNPRoots map[string][]*trust.AMDRootCerts
+	// TDXRoots are the trusted Intel SGX roots; nil refuses tdx evidence.
+	TDXRoots *x509.CertPool
+	Logger   *slog.Logger     // nil → discard
+	Now      func() time.Time // nil → time.Now
 }
 
 // Counts are the numbers of requests that reached each endpoint.

@@ -3,6 +3,7 @@ package kbs
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
@@ -12,6 +13,8 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+
+	"github.com/pelletier/go-toml/v2"
 )
 
 const cookieName = "kbs-session-id"
@@ -149,16 +152,23 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		attestFailed(w, "tee-pubkey: "+err.Error())
 		return
 	}
-	if a.InitData != nil && a.InitData.Format != "toml" {
-		attestFailed(w, "init-data format must be toml")
-		return
+	var initDigest []byte
+	if a.InitData != nil {
+		if a.InitData.Format != "toml" {
+			attestFailed(w, "init-data format must be toml")
+			return
+		}
+		if initDigest, err = initDataDigest(a.InitData.Body); err != nil {
+			attestFailed(w, "init-data: "+err.Error())
+			return
+		}
 	}
 	digest, err := bindingDigest(sess.nonce, jwk, *a.TeeEvidence.Additional)
 	if err != nil {
 		attestFailed(w, err.Error())
 		return
 	}
-	claims, err := verifyEvidence(sess.tee, a.TeeEvidence.Primary, digest)
+	claims, err := s.verifyEvidence(sess.tee, a.TeeEvidence.Primary, digest, initDigest)
 	if err != nil {
 		s.log.Info("evidence rejected", "tee", sess.tee, "err", err)
 		attestFailed(w, "evidence verification failed: "+err.Error())
@@ -256,9 +266,14 @@ func bindingDigest(nonce string, jwk map[string]string, additional string) ([]by
 }
 
 // verifyEvidence checks the primary evidence of tee against the expected
-// binding digest and returns claims for the token.
-func verifyEvidence(tee string, primary json.RawMessage, digest []byte) (map[string]any, error) {
+// binding digest (and the init-data digest, when init-data was sent) and
+// returns claims for the token.
+func (s *Server) verifyEvidence(tee string, primary json.RawMessage, digest, initDigest []byte) (map[string]any, error) {
 	switch tee {
+	case "tdx":
+		return verifyTDX(primary, digest, initDigest, s.cfg.TDXRoots, s.cfg.Now())
+	case "snp":
+		return verifySNP(primary, digest, initDigest, s.cfg.SNPRoots, s.cfg.Now())
 	case "sample":
 		var ev struct {
 			SVN        *string `json:"svn"`
@@ -277,4 +292,28 @@ func verifyEvidence(tee string, primary json.RawMessage, digest []byte) (map[str
 		return map[string]any{"svn": *ev.SVN, "report_data": *ev.ReportData}, nil
 	}
 	return nil, fmt.Errorf("no verifier for tee %q in the test KBS", tee)
+}
+
+// initDataDigest hashes the exact init-data body with the TOML's own
+// "algorithm" (sha256, sha384 or sha512), as Trustee does.
+func initDataDigest(body string) ([]byte, error) {
+	var doc struct {
+		Version   string `toml:"version"`
+		Algorithm string `toml:"algorithm"`
+	}
+	if err := toml.Unmarshal([]byte(body), &doc); err != nil {
+		return nil, fmt.Errorf("body is not TOML: %w", err)
+	}
+	switch doc.Algorithm {
+	case "sha256":
+		h := sha256.Sum256([]byte(body))
+		return h[:], nil
+	case "sha384":
+		h := sha512.Sum384([]byte(body))
+		return h[:], nil
+	case "sha512":
+		h := sha512.Sum512([]byte(body))
+		return h[:], nil
+	}
+	return nil, fmt.Errorf("unsupported algorithm %q", doc.Algorithm)
 }

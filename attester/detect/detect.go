@@ -1,0 +1,126 @@
+// Package detect finds the TEE this guest runs on and builds its attester:
+// TDX first, then SEV-SNP, each through configfs-tsm when its provider is
+// there and through the device node otherwise. The sample attester is only
+// ever built when asked for by name.
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-configfs-tsm/configfs/configfsi"
+
+	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/internal/tsm"
+	"github.com/cdh-proxy/cdh-proxy/attester/sample"
+	"github.com/cdh-proxy/cdh-proxy/attester/snp"
+	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
+)
+
+// Env is the hardware seam. The zero value is the real machine.
+type Env struct {
+	// TSM is the configfs-tsm to use; nil probes the real /sys/kernel/config/tsm.
+	TSM configfsi.Client
+	// DevDir holds the guest device nodes; "" means /dev.
+	DevDir string
+	// TDXEventLog, when non-empty, is a CCEL file sent as cc_eventlog.
+	TDXEventLog string
+	// Logger records the choice once; nil discards.
+	Logger *slog.Logger
+}
+
+// ErrNoTEE means neither TDX nor SEV-SNP was found.
+var ErrNoTEE = errors.New("no TEE found: neither configfs-tsm (tdx_guest/sev_guest) nor /dev/tdx_guest or /dev/sev-guest")
+
+// Found describes a detected TEE.
+type Found struct {
+	Tee string // tdx or snp
+	Via string // "configfs-tsm" or the device path
+}
+
+// Detect returns the TEE of this guest, TDX before SNP.
+func Detect(env Env) (Found, error) {
+	provider, _ := tsm.Probe(env.TSM) // absent configfs-tsm is not an error here
+	switch provider {
+	case tsm.ProviderTDX:
+		return Found{Tee: tdx.Tee, Via: "configfs-tsm"}, nil
+	case tsm.ProviderSNP:
+		return Found{Tee: snp.Tee, Via: "configfs-tsm"}, nil
+	}
+	dev := env.DevDir
+	if dev == "" {
+		dev = "/dev"
+	}
+	for _, d := range []struct{ tee, node string }{{tdx.Tee, "tdx_guest"}, {snp.Tee, "sev-guest"}} {
+		p := filepath.Join(dev, d.node)
+		if _, err := os.Stat(p); err == nil {
+			return Found{Tee: d.tee, Via: p}, nil
+		}
+	}
+	return Found{}, ErrNoTEE
+}
+
+// New builds the attester for name: auto, tdx, snp or sample.
+func New(name string, env Env) (attester.Attester, error) {
+	log := env.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if name == sample.Tee {
+		if f, err := Detect(env); err == nil {
+			log.Warn("sample attester requested on TEE hardware: evidence will not be trusted by a production KBS", "tee", f.Tee)
+		}
+		log.Info("attester selected", "tee", sample.Tee, "via", "--attester sample (development only)")
+		return sample.Attester{}, nil
+	}
+	f, err := Detect(env)
+	if err != nil {
+		if name == "auto" {
+			return nil, fmt.Errorf("%w; for development against a test KBS pass --attester sample", err)
+		}
+		return nil, fmt.Errorf("--attester %s: %w", name, err)
+	}
+	if name != "auto" && name != f.Tee {
+		return nil, fmt.Errorf("--attester %s, but this guest is %s (found via %s)", name, f.Tee, f.Via)
+	}
+	a, err := build(f, env)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("attester selected", "tee", f.Tee, "via", f.Via)
+	return a, nil
+}
+
+func build(f Found, env Env) (attester.Attester, error) {
+	viaTSM := f.Via == "configfs-tsm"
+	switch f.Tee {
+	case tdx.Tee:
+		var p tdx.Provider = &tdx.DeviceProvider{}
+		if viaTSM {
+			tp, err := tdx.NewTSMProvider(env.TSM)
+			if err != nil {
+				return nil, err
+			}
+			p = tp
+		}
+		var eventLog func() ([]byte, error)
+		if env.TDXEventLog != "" {
+			eventLog = tdx.FileEventLog(env.TDXEventLog)
+		}
+		return tdx.New(p, eventLog), nil
+	case snp.Tee:
+		var p snp.Provider = &snp.DeviceProvider{}
+		if viaTSM {
+			sp, err := snp.NewTSMProvider(env.TSM)
+			if err != nil {
+				return nil, err
+			}
+			p = sp
+		}
+		return snp.New(p), nil
+	}
+	return nil, fmt.Errorf("unsupported TEE %q", f.Tee)
+}

@@ -37,6 +37,10 @@ type Config struct {
 	Budget       time.Duration
 	LogLevel     string
 	LogFormat    string // text | json
+	Features     string // resource | attestation | all (ASR --features)
+	TDXEventLog  string // CCEL path sent as cc_eventlog; "" sends null
+	InitDataPath string // "" when none
+	InitData     []byte // exact initdata TOML bytes
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
 	Warnings []string
 }
@@ -55,6 +59,10 @@ type Flags struct {
 	Budget       time.Duration
 	LogLevel     string
 	LogFormat    string
+	Features     string
+	TDXEventLog  string
+	// InitData is an initdata TOML path; "" uses DefaultInitDataPath when it exists.
+	InitData string
 }
 
 // Env reads an environment variable; os.LookupEnv in main, a map in tests.
@@ -143,6 +151,24 @@ func Load(f Flags, env Env) (*Config, error) {
 	if c.Attester == "" {
 		c.Attester = "auto"
 	}
+	c.Features = f.Features
+	if c.Features == "" {
+		c.Features = "resource"
+	}
+	c.TDXEventLog = f.TDXEventLog
+	c.InitDataPath = f.InitData
+	if c.InitDataPath == "" {
+		if _, err := os.Stat(DefaultInitDataPath); err == nil {
+			c.InitDataPath = DefaultInitDataPath
+		}
+	}
+	if c.InitDataPath != "" {
+		data, err := LoadInitData(c.InitDataPath)
+		if err != nil {
+			return nil, err
+		}
+		c.InitData = data
+	}
 	return c, c.Validate()
 }
 
@@ -170,6 +196,11 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	switch c.Features {
+	case "resource", "attestation", "all":
+	default:
+		errs = append(errs, fmt.Errorf("features %q: want resource, attestation or all", c.Features))
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -158,3 +158,26 @@ func FuzzParseCDH(f *testing.F) {
 		}
 	})
 }
+
+func TestInitData(t *testing.T) {
+	good := "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = '''\n[token_configs]\n'''\npolicy = \"x\"\n"
+	p := filepath.Join(t.TempDir(), "initdata.toml")
+	if err := os.WriteFile(p, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Flags{KBSURL: "http://x", InitData: p}, env(nil))
+	if err != nil || string(c.InitData) != good {
+		t.Fatalf("initdata not kept byte for byte: %v", err)
+	}
+	for name, body := range map[string]string{
+		"bad version":   "version = \"0.2.0\"\nalgorithm = \"sha384\"\n[data]\n",
+		"bad algorithm": "version = \"0.1.0\"\nalgorithm = \"md5\"\n[data]\n",
+		"no data":       "version = \"0.1.0\"\nalgorithm = \"sha256\"\n",
+		"non-string":    "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\nx = 1\n",
+		"not toml":      "version = ",
+	} {
+		if err := ParseInitData("initdata.toml", []byte(body)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -29,6 +29,11 @@ type Config struct {
 	Ready     func() bool   // /readyz; nil → always ready
 	Budget    time.Duration // per request; zero → DefaultBudget
 	Logger    *slog.Logger  // nil → discard
+	// Features enables route groups as api-server-rest's --features:
+	// "resource" (default), "attestation" or "all".
+	Features string
+	// Evidence serves /aa/evidence; required when attestation is enabled.
+	Evidence EvidenceFunc
 }
 
 // NewHandler returns the HTTP API.
@@ -45,10 +50,30 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = func() bool { return true }
 	}
+	if cfg.Features == "" {
+		cfg.Features = "resource"
+	}
+	resourceOn := cfg.Features == "resource" || cfg.Features == "all"
+	attestationOn := cfg.Features == "attestation" || cfg.Features == "all"
+	if !resourceOn && !attestationOn {
+		return nil, fmt.Errorf("proxy: features %q: want resource, attestation or all", cfg.Features)
+	}
+	if attestationOn && cfg.Evidence == nil {
+		return nil, errors.New("proxy: Evidence is required with the attestation feature")
+	}
 	h := &handler{cfg: cfg, log: cfg.Logger.With("component", "http")}
 	r := chi.NewRouter()
 	r.Use(guard)
-	r.HandleFunc("/cdh/resource/*", h.resource)
+	if resourceOn {
+		r.HandleFunc("/cdh/resource/*", h.resource)
+	} else {
+		r.HandleFunc("/cdh/resource/*", featureOff("resource"))
+	}
+	if attestationOn {
+		r.Get("/aa/evidence", h.evidence)
+	} else {
+		r.Get("/aa/evidence", featureOff("attestation"))
+	}
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", h.readyz)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {

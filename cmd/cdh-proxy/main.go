@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/google/logger"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
 func main() {
+	// go-tdx-guest's client package points google/logger at stdout in its
+	// init; our stdout carries evidence JSON, so send library logs nowhere.
+	logger.Init("", false, false, io.Discard)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -23,6 +28,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "serve":
 		return serve(args, stderr)
+	case "evidence":
+		return evidence(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "cdh-proxy", version)
 		return 0
@@ -37,6 +44,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: cdh-proxy [serve] [flags]   serve secrets on 127.0.0.1:8006
+       cdh-proxy evidence [--attester …] [--runtime-data S]   print TEE evidence JSON
        cdh-proxy version
        cdh-proxy serve -h          list the serve flags
 `)

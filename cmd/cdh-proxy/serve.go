@@ -13,8 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cdh-proxy/cdh-proxy/attester"
-	"github.com/cdh-proxy/cdh-proxy/attester/sample"
+	"github.com/cdh-proxy/cdh-proxy/attester/detect"
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/config"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
@@ -44,6 +43,9 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.DurationVar(&f.Budget, "budget", 0, "total time for one request, attestation included (default 30s)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")
+	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence) or all")
+	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
+	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default "+config.DefaultInitDataPath+" when it exists)")
 	return f
 }
 
@@ -89,7 +91,11 @@ type configError struct{ error }
 func (e configError) Unwrap() error { return e.error }
 
 func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	att, err := selectAttester(cfg.Attester)
+	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
+	if err != nil {
+		return err
+	}
+	att, err := detect.New(cfg.Attester, env)
 	if err != nil {
 		return configError{err}
 	}
@@ -98,7 +104,7 @@ func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return configError{err}
 	}
 	kbs, err := kbsclient.New(kbsclient.Config{
-		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm),
+		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
 		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
 	})
 	if err != nil {
@@ -112,6 +118,7 @@ func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	h, err := proxy.NewHandler(proxy.Config{
 		Resources: &proxy.CachedResources{Cache: c, KBS: kbs},
 		Ready:     kbs.HasToken, Budget: cfg.Budget, Logger: log,
+		Features: cfg.Features, Evidence: att.Evidence,
 	})
 	if err != nil {
 		return err
@@ -124,7 +131,7 @@ func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		log.Warn("listening on a non-loopback address; non-loopback peers are still refused with 403", "addr", ln.Addr().String())
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "kbs", cfg.KBSURL, "kbs_url_from", cfg.KBSURLSource,
-		"attester", att.Tee(), "cache_ttl", cfg.CacheTTL)
+		"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features, "initdata", cfg.InitDataPath)
 
 	// Attest in the background: startup never waits for the KBS. A failure
 	// is logged by kbsclient and retried on the next request.
@@ -140,16 +147,6 @@ func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	}
 	log.Info("stopped")
 	return nil
-}
-
-func selectAttester(name string) (attester.Attester, error) {
-	switch name {
-	case "sample":
-		return sample.Attester{}, nil
-	case "tdx", "snp":
-		return nil, fmt.Errorf("attester %q is not built into this version yet; for development use --attester sample", name)
-	}
-	return nil, errors.New("no TEE attester detected (no TDX or SEV-SNP device); for development against a test KBS pass --attester sample")
 }
 
 func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {

@@ -23,7 +23,10 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
-var proxyBin string
+// proxyBin is the production build; fakeProxyBin is built with the
+// cdhproxy_fakehw tag, which lets CDH_PROXY_FAKEHW swap configfs-tsm for a
+// simulator (and changes nothing else).
+var proxyBin, fakeProxyBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cdh-proxy-e2e")
@@ -32,11 +35,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	proxyBin = filepath.Join(dir, "cdh-proxy")
-	build := exec.Command("go", "build", "-race", "-o", proxyBin, "../../cmd/cdh-proxy")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building cdh-proxy:", err)
-		os.Exit(1)
+	fakeProxyBin = filepath.Join(dir, "cdh-proxy-fakehw")
+	for _, b := range [][]string{
+		{"build", "-race", "-o", proxyBin, "../../cmd/cdh-proxy"},
+		{"build", "-race", "-tags", "cdhproxy_fakehw", "-o", fakeProxyBin, "../../cmd/cdh-proxy"},
+	} {
+		build := exec.Command("go", b...)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building cdh-proxy:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -109,11 +118,17 @@ func (s *syncBuffer) String() string {
 // and waits for its "listening" log line.
 func startProxy(t *testing.T, k *testKBS, env []string, args ...string) *proxyProc {
 	t.Helper()
-	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--attester", "sample"}
+	return startProxyBin(t, proxyBin, k, env, append([]string{"--attester", "sample"}, args...)...)
+}
+
+// startProxyBin is startProxy for a given binary, without a default attester.
+func startProxyBin(t *testing.T, bin string, k *testKBS, env []string, args ...string) *proxyProc {
+	t.Helper()
+	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}
 	if k != nil {
 		base = append(base, "--kbs-cert", k.CAFile)
 	}
-	cmd := exec.Command(proxyBin, append(base, args...)...)
+	cmd := exec.Command(bin, append(base, args...)...)
 	// The race runtime sleeps 1 s at exit by default; tests stop many proxies.
 	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 	pr, pw := io.Pipe()
@@ -224,7 +239,12 @@ func mustContain(t *testing.T, s, sub string) {
 
 // execProxy runs cdh-proxy to completion and returns its combined output.
 func execProxy(args ...string) (string, error) {
-	cmd := exec.Command(proxyBin, args...)
+	return execProxyEnv(proxyBin, nil, args...)
+}
+
+func execProxyEnv(bin string, env []string, args ...string) (string, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

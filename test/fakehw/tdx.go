@@ -31,6 +31,9 @@ import (
 // binds SHA-256(AK ‖ QE auth data) as go-tdx-guest's verifier checks.
 type TDX struct {
 	MrConfigID [48]byte
+	// FlipReportData makes the "hardware" misbehave: the quote carries
+	// report data that differs from the request in one bit.
+	FlipReportData bool
 
 	rootDER, interDER, pckDER []byte
 	pckKey, akKey             *ecdsa.PrivateKey
@@ -150,6 +153,9 @@ func (t *TDX) Quote(ctx context.Context, rd [64]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if t.FlipReportData {
+		rd[0] ^= 1
+	}
 	q.TdQuoteBody.ReportData = rd[:]
 	q.TdQuoteBody.MrConfigId = t.MrConfigID[:]
 
@@ -208,6 +214,9 @@ func (t *TDX) Save(dir string) error {
 		"tdx-root.der": t.rootDER, "tdx-inter.der": t.interDER, "tdx-pck.der": t.pckDER,
 		"tdx-mrconfigid": t.MrConfigID[:],
 	}
+	if t.FlipReportData {
+		files["tdx-flip-report-data"] = nil
+	}
 	for name, k := range map[string]*ecdsa.PrivateKey{"tdx-pck.key": t.pckKey, "tdx-ak.key": t.akKey} {
 		der, err := x509.MarshalECPrivateKey(k)
 		if err != nil {
@@ -241,6 +250,9 @@ func LoadTDX(dir string) (*TDX, error) {
 		return nil, err
 	}
 	copy(t.MrConfigID[:], mr)
+	if _, err := os.Stat(filepath.Join(dir, "tdx-flip-report-data")); err == nil {
+		t.FlipReportData = true
+	}
 	for name, dst := range map[string]**ecdsa.PrivateKey{"tdx-pck.key": &t.pckKey, "tdx-ak.key": &t.akKey} {
 		der, err := read(name)
 		if err != nil {

@@ -50,3 +50,8 @@ func (v *Value) String() string { return "[REDACTED]" }
 
 // GoString keeps plaintext out of %#v.
 func (v *Value) GoString() string { return "[REDACTED]" }
+
+// NewValue wraps bytes that are not cached (e.g. forwarded from another
+// process) so they travel through the same Resources interface. Release
+// zeroes them.
+func NewValue(b []byte) *Value { return newValue(b, 1) }

@@ -441,3 +441,18 @@ func (c *Client) Attest(ctx context.Context) error {
 	_, err := c.session(ctx, nil)
 	return err
 }
+
+// Token returns a usable KBS token and the PEM private key of the TEE key it
+// was issued for, attesting first if needed: what AA's GetToken("kbs")
+// returns. Both are secrets; callers hand them only to local clients.
+func (c *Client) Token(ctx context.Context) (token string, keyPEM []byte, err error) {
+	s, err := c.session(ctx, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	keyPEM, err = s.key.privatePEM()
+	if err != nil {
+		return "", nil, err
+	}
+	return s.token, keyPEM, nil
+}

@@ -7,6 +7,9 @@ import (
 	"errors"
 	"net/http"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/cdh-proxy/cdh-proxy/attester"
 )
 
@@ -71,4 +74,40 @@ func featureOff(feature string) http.HandlerFunc {
 		writeProblem(w, problem{Type: "urn:cdh-proxy:feature-disabled", Title: "Not Found", Status: http.StatusNotFound,
 			Detail: feature + " feature not enabled (start with --features " + feature + " or all)"})
 	}
+}
+
+// evidenceStatus maps an attester failure for ttrpc: too much runtime data is
+// the caller's fault; anything else is the hardware being unavailable.
+func evidenceStatus(err error) error {
+	if errors.Is(err, attester.ErrReportDataTooLong) {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Unavailable, "evidence: "+err.Error())
+}
+
+// token serves GET /aa/token?token_type=kbs: {"token","tee_keypair"}.
+func (h *handler) token(w http.ResponseWriter, r *http.Request) {
+	tt := r.URL.Query().Get("token_type")
+	if tt == "" {
+		writeProblem(w, badRequest("token_type query parameter is required"))
+		return
+	}
+	if tt != "kbs" {
+		writeProblem(w, badRequest("token_type must be kbs"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Budget)
+	defer cancel()
+	b, err := tokenJSON(ctx, h.cfg.Token)
+	if err != nil {
+		h.log.Warn("token failed", "err", err)
+		writeProblem(w, classify(err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(b)
 }

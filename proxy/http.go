@@ -32,8 +32,10 @@ type Config struct {
 	// Features enables route groups as api-server-rest's --features:
 	// "resource" (default), "attestation" or "all".
 	Features string
-	// Evidence serves /aa/evidence; required when attestation is enabled.
+	// Evidence serves /aa/evidence and Token /aa/token; both required when
+	// attestation is enabled.
 	Evidence EvidenceFunc
+	Token    TokenFunc
 }
 
 // NewHandler returns the HTTP API.
@@ -58,8 +60,8 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if !resourceOn && !attestationOn {
 		return nil, fmt.Errorf("proxy: features %q: want resource, attestation or all", cfg.Features)
 	}
-	if attestationOn && cfg.Evidence == nil {
-		return nil, errors.New("proxy: Evidence is required with the attestation feature")
+	if attestationOn && (cfg.Evidence == nil || cfg.Token == nil) {
+		return nil, errors.New("proxy: Evidence and Token are required with the attestation feature")
 	}
 	h := &handler{cfg: cfg, log: cfg.Logger.With("component", "http")}
 	r := chi.NewRouter()
@@ -71,8 +73,10 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	}
 	if attestationOn {
 		r.Get("/aa/evidence", h.evidence)
+		r.Get("/aa/token", h.token)
 	} else {
 		r.Get("/aa/evidence", featureOff("attestation"))
+		r.Get("/aa/token", featureOff("attestation"))
 	}
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", h.readyz)

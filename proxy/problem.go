@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"context"
+
 	"encoding/json"
 	"errors"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"net/http"
 
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/resource"
+	"github.com/cdh-proxy/cdh-proxy/sealed"
 )
 
 // problem is an RFC 9457 body. KBSType/KBSDetail echo the KBS error body.
@@ -34,9 +38,16 @@ var (
 func classify(err error) problem {
 	var p problem
 	var kerr *kbsclient.Error
+	var rerr *remoteError
 	switch {
 	case errors.Is(err, resource.ErrInvalidPath):
 		p = problem{Type: "urn:cdh-proxy:bad-path", Status: http.StatusBadRequest}
+	case errors.Is(err, resource.ErrUnsupportedPlugin), errors.Is(err, sealed.ErrUnsupported):
+		p = problem{Type: "urn:cdh-proxy:unsupported", Status: http.StatusNotImplemented}
+	case errors.Is(err, sealed.ErrMalformed):
+		p = problem{Type: "urn:cdh-proxy:bad-sealed-secret", Status: http.StatusBadRequest}
+	case errors.Is(err, sealed.ErrSignature):
+		p = problem{Type: "urn:cdh-proxy:sealed-secret-signature", Status: http.StatusForbidden}
 	case errors.Is(err, errForbiddenPeer), errors.Is(err, errForbiddenOrigin):
 		p = problem{Type: "urn:cdh-proxy:forbidden", Status: http.StatusForbidden}
 	case errors.Is(err, errMethod):
@@ -46,6 +57,8 @@ func classify(err error) problem {
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads this, but log lines want a status.
 		p = problem{Type: "urn:cdh-proxy:canceled", Status: 499}
+	case errors.As(err, &rerr):
+		p = problem{Type: "urn:cdh-proxy:upstream", Status: rerr.status}
 	case errors.As(err, &kerr):
 		p.KBSType, p.KBSDetail = kerr.KBSType, kerr.KBSDetail
 		switch kerr.Kind {
@@ -78,4 +91,72 @@ func writeProblem(w http.ResponseWriter, p problem) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)
+}
+
+// grpcCode is the ttrpc face of the same table: kata-agent and CDH clients
+// branch on codes, and the cause goes in the message.
+func grpcCode(status int) codes.Code {
+	switch status {
+	case http.StatusBadRequest:
+		return codes.InvalidArgument
+	case http.StatusForbidden:
+		return codes.PermissionDenied
+	case http.StatusNotFound:
+		return codes.NotFound
+	case http.StatusNotImplemented:
+		return codes.Unimplemented
+	case http.StatusBadGateway, http.StatusServiceUnavailable:
+		return codes.Unavailable
+	case http.StatusGatewayTimeout:
+		return codes.DeadlineExceeded
+	case 499:
+		return codes.Canceled
+	}
+	return codes.Internal
+}
+
+// toStatus converts err for a ttrpc answer.
+func toStatus(err error) error {
+	p := classify(err)
+	msg := p.Detail
+	if p.KBSType != "" {
+		msg += " (KBS " + p.KBSType + ")"
+	}
+	return status.Error(grpcCode(p.Status), msg)
+}
+
+// remoteError carries a status decided by another cdh-proxy process (the
+// api-server-rest personality forwarding to the CDH/AA sockets).
+type remoteError struct {
+	status int
+	msg    string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+
+func unavailable(what string, err error) error {
+	return &remoteError{status: http.StatusServiceUnavailable, msg: what + ": " + err.Error()}
+}
+
+// fromStatus maps a ttrpc status back to an HTTP status.
+func fromStatus(err error) error {
+	st, _ := status.FromError(err)
+	code := http.StatusInternalServerError
+	switch st.Code() {
+	case codes.InvalidArgument:
+		code = http.StatusBadRequest
+	case codes.PermissionDenied:
+		code = http.StatusForbidden
+	case codes.NotFound:
+		code = http.StatusNotFound
+	case codes.Unimplemented:
+		code = http.StatusNotImplemented
+	case codes.Unavailable:
+		code = http.StatusServiceUnavailable
+	case codes.DeadlineExceeded:
+		code = http.StatusGatewayTimeout
+	case codes.Canceled:
+		code = 499
+	}
+	return &remoteError{status: code, msg: st.Message()}
 }

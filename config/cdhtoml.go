@@ -1,13 +1,8 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
-	"strings"
-
-	"github.com/pelletier/go-toml/v2"
 )
 
 // CDHFile is cdh.toml as confidential-data-hub reads it
@@ -46,21 +41,9 @@ func LoadCDHFile(path string) (*CDHFile, []string, error) {
 // ParseCDH parses cdh.toml bytes; name is used in messages.
 func ParseCDH(name string, data []byte) (*CDHFile, []string, error) {
 	var f CDHFile
-	var warns []string
-	err := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields().Decode(&f)
-	var strict *toml.StrictMissingError
-	var derr *toml.DecodeError
-	switch {
-	case errors.As(err, &strict):
-		for _, e := range strict.Errors {
-			row, _ := e.Position()
-			warns = append(warns, fmt.Sprintf("%s:%d: unknown key %q ignored", name, row, strings.Join(e.Key(), ".")))
-		}
-	case errors.As(err, &derr):
-		row, col := derr.Position()
-		return nil, nil, fmt.Errorf("%s:%d:%d: key %q: %s", name, row, col, strings.Join(derr.Key(), "."), derr.Error())
-	case err != nil:
-		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	warns, err := decodeStrict(name, data, &f)
+	if err != nil {
+		return nil, nil, err
 	}
 	switch f.KBC.Name {
 	case "cc_kbc", "":

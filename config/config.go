@@ -5,6 +5,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
@@ -21,6 +22,9 @@ const (
 	DefaultCacheMaxEntry = 1 << 20
 	DefaultBudget        = 30 * time.Second
 	EnvKBCParams         = "AA_KBC_PARAMS"
+	EnvSkipSealedVerify  = "SKIP_SEALED_SECRET_VERIFICATION"
+	DefaultCDHSocket     = "unix:///run/confidential-containers/cdh.sock"
+	DefaultAASocket      = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
 )
 
 // Config is the merged configuration.
@@ -41,6 +45,12 @@ type Config struct {
 	TDXEventLog  string // CCEL path sent as cc_eventlog; "" sends null
 	InitDataPath string // "" when none
 	InitData     []byte // exact initdata TOML bytes
+	CDHSocket    string // unix:// URI to serve CDH on; "" = not served
+	AASocket     string // unix:// URI to serve AA on; "" = not served
+	Credentials  []Credential
+	CredDir      string
+	// SkipSealedSecretVerification: cdh.toml key or SKIP_SEALED_SECRET_VERIFICATION=true.
+	SkipSealedSecretVerification bool
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
 	Warnings []string
 }
@@ -63,35 +73,56 @@ type Flags struct {
 	TDXEventLog  string
 	// InitData is an initdata TOML path; "" uses DefaultInitDataPath when it exists.
 	InitData string
+	// AAConfigFile is aa.toml.
+	AAConfigFile string
+	// Cmdline is the kernel command line file; "" → DefaultCmdline, "-" → none.
+	Cmdline string
+	// CDHSocket/AASocket are the socket URIs to serve ("none" disables);
+	// nil keeps what the config file says (cdh.toml socket), else none.
+	CDHSocket, AASocket *string
+	// CredDir overrides DefaultCredentialsDir (tests).
+	CredDir string
 }
 
 // Env reads an environment variable; os.LookupEnv in main, a map in tests.
 type Env func(string) (string, bool)
 
 // Load merges the sources. Precedence for the KBS URL, highest first:
-// --kbs-url, AA_KBC_PARAMS, cdh.toml [kbc] url. A URL that differs between
-// sources is reported as a warning naming both.
+// --kbs-url, AA_KBC_PARAMS, cdh.toml [kbc] url, aa.toml [token_configs.kbs]
+// url, kernel cmdline agent.aa_kbc_params. A URL that differs between
+// sources is reported as a warning naming both. Extra KBS roots from
+// cdh.toml kbs_cert, aa.toml cert and --kbs-cert are all trusted.
 func Load(f Flags, env Env) (*Config, error) {
 	if env == nil {
 		env = os.LookupEnv
 	}
 	c := &Config{
-		Attester: f.Attester, KeyAlgorithm: f.KeyAlgorithm, Bind: f.Bind,
+		Attester: f.Attester, KeyAlgorithm: f.KeyAlgorithm, Bind: DefaultBind,
 		CacheTTL: DefaultCacheTTL, CacheMaxByte: DefaultCacheMaxBytes, CacheMaxItem: DefaultCacheMaxEntry,
-		Budget: DefaultBudget, LogLevel: "info", LogFormat: "text",
+		Budget: DefaultBudget, LogLevel: "info", LogFormat: "text", Features: "resource",
+		CredDir: DefaultCredentialsDir,
 	}
 	type urlSource struct{ url, from string }
 	var urls []urlSource
+	addKBC := func(params, from string) error {
+		u, err := ParseKBCParams(params)
+		if err != nil {
+			return fmt.Errorf("%s: %w", from, err)
+		}
+		urls = append(urls, urlSource{u, from})
+		return nil
+	}
 
 	if f.KBSURL != "" {
 		urls = append(urls, urlSource{f.KBSURL, "--kbs-url"})
 	}
 	if v, ok := env(EnvKBCParams); ok && v != "" {
-		u, err := ParseKBCParams(v)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", EnvKBCParams, err)
+		if err := addKBC(v, EnvKBCParams); err != nil {
+			return nil, err
 		}
-		urls = append(urls, urlSource{u, EnvKBCParams})
+	}
+	if f.CredDir != "" {
+		c.CredDir = f.CredDir
 	}
 	if f.ConfigFile != "" {
 		cdh, warns, err := LoadCDHFile(f.ConfigFile)
@@ -99,24 +130,68 @@ func Load(f Flags, env Env) (*Config, error) {
 			return nil, err
 		}
 		c.Warnings = append(c.Warnings, warns...)
-		if cdh.KBC.URL != "" {
-			urls = append(urls, urlSource{cdh.KBC.URL, f.ConfigFile + " [kbc] url"})
-		}
+		urls = append(urls, urlSource{cdh.KBC.URL, f.ConfigFile + " [kbc] url"})
 		if cdh.KBC.KBSCert != "" {
 			c.KBSCerts = append(c.KBSCerts, []byte(cdh.KBC.KBSCert))
 		}
 		if cdh.Log.Level != "" {
 			c.LogLevel = strings.ToLower(cdh.Log.Level)
 		}
+		if cdh.Socket != "" {
+			c.CDHSocket = cdh.Socket
+		}
+		c.SkipSealedSecretVerification = cdh.SkipSealedSecretVerification
+		for _, cr := range cdh.Credentials {
+			c.Credentials = append(c.Credentials, Credential{ResourceURI: cr.ResourceURI, Path: cr.Path, Source: f.ConfigFile})
+		}
+	}
+	if f.AAConfigFile != "" {
+		aa, warns, err := LoadAAFile(f.AAConfigFile)
+		if err != nil {
+			return nil, err
+		}
+		c.Warnings = append(c.Warnings, warns...)
+		if u := aa.TokenConfigs.KBS.URL; u != "" {
+			urls = append(urls, urlSource{u, f.AAConfigFile + " [token_configs.kbs] url"})
+		}
+		if aa.TokenConfigs.KBS.Cert != "" {
+			c.KBSCerts = append(c.KBSCerts, []byte(aa.TokenConfigs.KBS.Cert))
+		}
+		if c.KeyAlgorithm == "" {
+			c.KeyAlgorithm = cmp.Or(aa.TokenConfigs.KBS.TeeKeyAlgorithm, aa.TeeKeyAlgorithm)
+		}
+		if aa.Log.Level != "" && f.ConfigFile == "" {
+			c.LogLevel = strings.ToLower(aa.Log.Level)
+		}
+	}
+	if f.Cmdline != "-" {
+		path := cmp.Or(f.Cmdline, DefaultCmdline)
+		if data, err := os.ReadFile(path); err == nil {
+			cl, err := ParseCmdline(string(data))
+			if err != nil {
+				return nil, err
+			}
+			if cl.KBCParams != "" {
+				if err := addKBC(cl.KBCParams, path+" agent.aa_kbc_params"); err != nil {
+					return nil, err
+				}
+			}
+			c.Credentials = append(c.Credentials, cl.Credentials...)
+		} else if f.Cmdline != "" {
+			return nil, fmt.Errorf("kernel cmdline: %w", err)
+		}
 	}
 	if len(urls) == 0 {
-		return nil, errors.New("no KBS URL: pass --kbs-url, set AA_KBC_PARAMS=cc_kbc::<url>, or give a cdh.toml with [kbc] url via -c")
+		return nil, errors.New("no KBS URL: pass --kbs-url, set AA_KBC_PARAMS=cc_kbc::<url>, give a cdh.toml with [kbc] url (-c) or an aa.toml with [token_configs.kbs] url, or boot with agent.aa_kbc_params")
 	}
 	c.KBSURL, c.KBSURLSource = urls[0].url, urls[0].from
 	for _, o := range urls[1:] {
 		if o.url != c.KBSURL {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("KBS URL %q from %s overrides %q from %s", c.KBSURL, c.KBSURLSource, o.url, o.from))
 		}
+	}
+	if v, ok := env(EnvSkipSealedVerify); ok && strings.EqualFold(v, "true") {
+		c.SkipSealedSecretVerification = true
 	}
 	if f.KBSCert != "" {
 		pem, err := os.ReadFile(f.KBSCert)
@@ -127,33 +202,29 @@ func Load(f Flags, env Env) (*Config, error) {
 	}
 	if f.Bind != "" {
 		c.Bind = f.Bind
-	} else {
-		c.Bind = DefaultBind
 	}
 	if f.CacheTTL != nil {
 		c.CacheTTL = *f.CacheTTL
 	}
-	if f.CacheMaxByte != 0 {
-		c.CacheMaxByte = f.CacheMaxByte
-	}
-	if f.CacheMaxItem != 0 {
-		c.CacheMaxItem = f.CacheMaxItem
-	}
-	if f.Budget != 0 {
-		c.Budget = f.Budget
-	}
+	c.CacheMaxByte = cmp.Or(f.CacheMaxByte, c.CacheMaxByte)
+	c.CacheMaxItem = cmp.Or(f.CacheMaxItem, c.CacheMaxItem)
+	c.Budget = cmp.Or(f.Budget, c.Budget)
 	if f.LogLevel != "" {
 		c.LogLevel = strings.ToLower(f.LogLevel)
 	}
-	if f.LogFormat != "" {
-		c.LogFormat = f.LogFormat
-	}
-	if c.Attester == "" {
-		c.Attester = "auto"
-	}
-	c.Features = f.Features
-	if c.Features == "" {
-		c.Features = "resource"
+	c.LogFormat = cmp.Or(f.LogFormat, c.LogFormat)
+	c.Attester = cmp.Or(c.Attester, "auto")
+	c.Features = cmp.Or(f.Features, c.Features)
+	for _, sock := range []struct {
+		flag *string
+		dst  *string
+	}{{f.CDHSocket, &c.CDHSocket}, {f.AASocket, &c.AASocket}} {
+		if sock.flag != nil {
+			*sock.dst = *sock.flag
+			if *sock.flag == "none" {
+				*sock.dst = ""
+			}
+		}
 	}
 	c.TDXEventLog = f.TDXEventLog
 	c.InitDataPath = f.InitData
@@ -191,6 +262,16 @@ func (c *Config) Validate() error {
 	}
 	if c.Budget <= 0 {
 		errs = append(errs, errors.New("request budget must be positive"))
+	}
+	for _, cr := range c.Credentials {
+		if err := cr.validate(c.CredDir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, sock := range []string{c.CDHSocket, c.AASocket} {
+		if sock != "" && !strings.HasPrefix(strings.TrimPrefix(sock, "unix://"), "/") {
+			errs = append(errs, fmt.Errorf("socket %q: want unix:///absolute/path", sock))
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -27,26 +27,23 @@ func LoadInitData(path string) ([]byte, error) {
 // ParseInitData checks version = "0.1.0", algorithm ∈ sha256/sha384/sha512
 // and a [data] table whose values are all strings.
 func ParseInitData(name string, data []byte) error {
-	var doc struct {
-		Version   string         `toml:"version"`
-		Algorithm string         `toml:"algorithm"`
-		Data      map[string]any `toml:"data"`
-	}
+	var doc map[string]any
 	if err := toml.NewDecoder(bytes.NewReader(data)).Decode(&doc); err != nil {
 		return fmt.Errorf("initdata %s: %w", name, err)
 	}
-	if doc.Version != "0.1.0" {
-		return fmt.Errorf("initdata %s: version %q, want \"0.1.0\"", name, doc.Version)
+	if v, _ := doc["version"].(string); v != "0.1.0" {
+		return fmt.Errorf("initdata %s: version %v, want \"0.1.0\"", name, doc["version"])
 	}
-	switch doc.Algorithm {
+	switch doc["algorithm"] {
 	case "sha256", "sha384", "sha512":
 	default:
-		return fmt.Errorf("initdata %s: algorithm %q, want sha256, sha384 or sha512", name, doc.Algorithm)
+		return fmt.Errorf("initdata %s: algorithm %v, want sha256, sha384 or sha512", name, doc["algorithm"])
 	}
-	if doc.Data == nil {
+	table, ok := doc["data"].(map[string]any)
+	if !ok {
 		return fmt.Errorf("initdata %s: [data] table missing", name)
 	}
-	for k, v := range doc.Data {
+	for k, v := range table {
 		if _, ok := v.(string); !ok {
 			return fmt.Errorf("initdata %s: [data] %s must be a string, got %T", name, k, v)
 		}

@@ -83,7 +83,7 @@ func Parse(input string, verify bool) (*Sealed, error) {
 	if verify {
 		hdr, err := base64.RawURLEncoding.DecodeString(parts[0])
 		if err != nil {
-			return nil, fmt.Errorf("%w: header is not base64url", ErrSignature)
+			return nil, fmt.Errorf("%w: header is not base64url (a fake header needs skip_sealed_secret_verification)", ErrSignature)
 		}
 		var raw map[string]json.RawMessage
 		if err := json.Unmarshal(hdr, &raw); err != nil {

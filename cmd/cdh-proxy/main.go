@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/google/logger"
 )
@@ -17,6 +18,15 @@ func main() {
 	// go-tdx-guest's client package points google/logger at stdout in its
 	// init; our stdout carries evidence JSON, so send library logs nowhere.
 	logger.Init("", false, false, io.Discard)
+	// Installed under guest-components' names, behave as that component.
+	switch filepath.Base(os.Args[0]) {
+	case "confidential-data-hub":
+		os.Exit(cdhMain(os.Args[1:], os.Stderr))
+	case "attestation-agent":
+		os.Exit(aaMain(os.Args[1:], os.Stderr))
+	case "api-server-rest":
+		os.Exit(asrMain(os.Args[1:], os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

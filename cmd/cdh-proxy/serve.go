@@ -7,17 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/cdh-proxy/cdh-proxy/attester/detect"
-	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/config"
-	"github.com/cdh-proxy/cdh-proxy/kbsclient"
-	"github.com/cdh-proxy/cdh-proxy/proxy"
 )
 
 const drainTimeout = 10 * time.Second
@@ -46,6 +41,10 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence) or all")
 	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
 	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default "+config.DefaultInitDataPath+" when it exists)")
+	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
+	fs.Func("cdh-socket", "also serve the CDH ttrpc API on this socket, e.g. "+config.DefaultCDHSocket+" (default: cdh.toml socket if -c, else off)", func(s string) error { f.CDHSocket = &s; return nil })
+	fs.Func("aa-socket", "also serve the AA ttrpc API on this socket, e.g. "+config.DefaultAASocket+" (default off)", func(s string) error { f.AASocket = &s; return nil })
+	fs.StringVar(&f.Cmdline, "cmdline", "", "kernel command line to read agent.aa_kbc_params and cdh.kbs_resources from (default /proc/cmdline; - for none)")
 	return f
 }
 
@@ -74,13 +73,10 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := runServer(ctx, cfg, log); err != nil {
+	p := parts{http: true, cdh: cfg.CDHSocket != "", aa: cfg.AASocket != ""}
+	if err := runDaemon(ctx, cfg, p, log); err != nil {
 		log.Error("exiting", "err", err)
-		var ce configError
-		if errors.As(err, &ce) {
-			return exitConfig
-		}
-		return 1
+		return exitCode(err)
 	}
 	return 0
 }
@@ -89,65 +85,6 @@ func serve(args []string, stderr io.Writer) int {
 type configError struct{ error }
 
 func (e configError) Unwrap() error { return e.error }
-
-func runServer(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
-	if err != nil {
-		return err
-	}
-	att, err := detect.New(cfg.Attester, env)
-	if err != nil {
-		return configError{err}
-	}
-	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
-	if err != nil {
-		return configError{err}
-	}
-	kbs, err := kbsclient.New(kbsclient.Config{
-		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
-		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
-	})
-	if err != nil {
-		return configError{err}
-	}
-	defer kbs.Close()
-	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem, FetchTimeout: cfg.Budget})
-	if err != nil {
-		return configError{err}
-	}
-	h, err := proxy.NewHandler(proxy.Config{
-		Resources: &proxy.CachedResources{Cache: c, KBS: kbs},
-		Ready:     kbs.HasToken, Budget: cfg.Budget, Logger: log,
-		Features: cfg.Features, Evidence: att.Evidence,
-	})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", cfg.Bind)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Bind, err)
-	}
-	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		log.Warn("listening on a non-loopback address; non-loopback peers are still refused with 403", "addr", ln.Addr().String())
-	}
-	log.Info("listening", "addr", ln.Addr().String(), "kbs", cfg.KBSURL, "kbs_url_from", cfg.KBSURLSource,
-		"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features, "initdata", cfg.InitDataPath)
-
-	// Attest in the background: startup never waits for the KBS. A failure
-	// is logged by kbsclient and retried on the next request.
-	go func() { _ = kbs.Attest(ctx) }()
-	sweep := max(cfg.CacheTTL, time.Second)
-	cacheDone := make(chan struct{})
-	go func() { _ = c.Run(ctx, sweep); close(cacheDone) }()
-
-	err = proxy.Serve(ctx, ln, h, cfg.Budget, drainTimeout)
-	<-cacheDone // Run purges (and so zeroes) the cache once ctx ends
-	if err != nil {
-		return err
-	}
-	log.Info("stopped")
-	return nil
-}
 
 func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 	var lvl slog.Level

@@ -124,11 +124,28 @@ func startProxy(t *testing.T, k *testKBS, env []string, args ...string) *proxyPr
 // startProxyBin is startProxy for a given binary, without a default attester.
 func startProxyBin(t *testing.T, bin string, k *testKBS, env []string, args ...string) *proxyProc {
 	t.Helper()
-	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}
+	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--cmdline", "-"}
 	if k != nil {
 		base = append(base, "--kbs-cert", k.CAFile)
 	}
-	cmd := exec.Command(bin, append(base, args...)...)
+	return startProxyProc(t, bin, env, append(base, args...)...)
+}
+
+// startDropIn starts a drop-in personality that serves only sockets.
+func startDropIn(t *testing.T, bin string, env []string, args ...string) *proxyProc {
+	t.Helper()
+	return startProc(t, bin, env, "serving ttrpc", args...)
+}
+
+// startProxyProc starts bin with exactly args and waits for its HTTP listener.
+func startProxyProc(t *testing.T, bin string, env []string, args ...string) *proxyProc {
+	t.Helper()
+	return startProc(t, bin, env, "listening", args...)
+}
+
+func startProc(t *testing.T, bin string, env []string, readyMsg string, args ...string) *proxyProc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
 	// The race runtime sleeps 1 s at exit by default; tests stop many proxies.
 	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
 	pr, pw := io.Pipe()
@@ -144,7 +161,7 @@ func startProxyBin(t *testing.T, bin string, k *testKBS, env []string, args ...s
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" {
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == readyMsg {
 				addr <- line.Addr
 				break
 			}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/cdh-proxy/cdh-proxy/attester/detect"
+	"github.com/cdh-proxy/cdh-proxy/cache"
+	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/kbsclient"
+	"github.com/cdh-proxy/cdh-proxy/proxy"
+)
+
+// parts says which faces one process serves: the HTTP API and/or the CDH
+// and AA sockets. All of them share one KBS client (one token) and one cache.
+type parts struct {
+	http bool
+	cdh  bool // serve cfg.CDHSocket
+	aa   bool // serve cfg.AASocket
+}
+
+// runDaemon wires config into components and runs them until ctx ends.
+// Sockets and listeners are bound before anything talks to the KBS, so kata's
+// socket wait never depends on the KBS.
+func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logger) error {
+	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
+	if err != nil {
+		return err
+	}
+	att, err := detect.New(cfg.Attester, env)
+	if err != nil {
+		return configError{err}
+	}
+	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
+	if err != nil {
+		return configError{err}
+	}
+	kbs, err := kbsclient.New(kbsclient.Config{
+		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
+		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
+	})
+	if err != nil {
+		return configError{err}
+	}
+	defer kbs.Close()
+	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem, FetchTimeout: cfg.Budget})
+	if err != nil {
+		return configError{err}
+	}
+	res := &proxy.CachedResources{Cache: c, KBS: kbs}
+	var credsDone atomic.Bool
+	credsDone.Store(len(cfg.Credentials) == 0 || !p.cdh)
+	ready := func() bool { return kbs.HasToken() && credsDone.Load() }
+
+	var runners []func(context.Context) error
+	announce := func() {}
+	if p.http {
+		h, err := proxy.NewHandler(proxy.Config{
+			Resources: res, Ready: ready, Budget: cfg.Budget, Logger: log,
+			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token,
+		})
+		if err != nil {
+			return configError{err}
+		}
+		ln, err := net.Listen("tcp", cfg.Bind)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.Bind, err)
+		}
+		if tcp, ok := ln.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+			log.Warn("listening on a non-loopback address; non-loopback peers are still refused with 403", "addr", ln.Addr().String())
+		}
+		// Announced once every socket is bound too: "listening" means ready.
+		announce = func() {
+			log.Info("listening", "addr", ln.Addr().String(), "kbs", cfg.KBSURL, "kbs_url_from", cfg.KBSURLSource,
+				"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features, "initdata", cfg.InitDataPath)
+		}
+		runners = append(runners, func(ctx context.Context) error { return proxy.Serve(ctx, ln, h, cfg.Budget, drainTimeout) })
+	}
+	addSocket := func(name, uri string, register func(*ttrpc.Server) error) error {
+		srv, err := proxy.NewTTRPCServer()
+		if err != nil {
+			return err
+		}
+		if err := register(srv); err != nil {
+			return err
+		}
+		ln, err := proxy.ListenUnix(uri)
+		if err != nil {
+			return fmt.Errorf("%s socket: %w", name, err)
+		}
+		log.Info("serving ttrpc", "api", name, "socket", uri, "kbs", cfg.KBSURL, "attester", att.Tee())
+		runners = append(runners, func(ctx context.Context) error { return proxy.ServeTTRPC(ctx, ln, srv, drainTimeout) })
+		return nil
+	}
+	if p.cdh {
+		if err := addSocket("cdh", cfg.CDHSocket, func(s *ttrpc.Server) error {
+			return proxy.RegisterCDH(s, proxy.CDHConfig{Resources: res, SkipSealedSecretVerification: cfg.SkipSealedSecretVerification, Budget: cfg.Budget, Logger: log})
+		}); err != nil {
+			return err
+		}
+	}
+	if p.aa {
+		if err := addSocket("aa", cfg.AASocket, func(s *ttrpc.Server) error {
+			return proxy.RegisterAA(s, proxy.AAConfig{Tee: att.Tee(), Evidence: att.Evidence, Token: kbs.Token, Budget: cfg.Budget})
+		}); err != nil {
+			return err
+		}
+	}
+	if len(runners) == 0 {
+		return configError{errors.New("nothing to serve")}
+	}
+
+	announce()
+	// Background work, never blocking startup: attest, fetch credentials.
+	go func() { _ = kbs.Attest(ctx) }()
+	if p.cdh && len(cfg.Credentials) > 0 {
+		creds := make([]proxy.Credential, len(cfg.Credentials))
+		for i, c := range cfg.Credentials {
+			creds[i] = proxy.Credential{ResourceURI: c.ResourceURI, Path: c.Path}
+		}
+		go proxy.FetchCredentials(ctx, res, creds, log, func() { credsDone.Store(true) })
+	}
+	sweep := max(cfg.CacheTTL, time.Second)
+	runners = append(runners, func(ctx context.Context) error { return c.Run(ctx, sweep) })
+	return runAll(ctx, runners)
+}
+
+// runAll runs every runner; the first error cancels the rest (cf. SPIRE's
+// util.RunTasks). It returns once all have stopped.
+func runAll(ctx context.Context, runners []func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(runners))
+	for _, r := range runners {
+		go func() { errc <- r(ctx) }()
+	}
+	var first error
+	for range runners {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// runForwarder is the api-server-rest personality installed beside separate
+// confidential-data-hub and attestation-agent processes: HTTP only, every
+// request forwarded to their sockets (so all share CDH's cache and token).
+func runForwarder(ctx context.Context, bind, features, cdhAddr, aaAddr string, log *slog.Logger) error {
+	cdhRemote, err := proxy.NewRemote(cdhAddr)
+	if err != nil {
+		return configError{err}
+	}
+	defer cdhRemote.Close()
+	aaRemote, err := proxy.NewRemote(aaAddr)
+	if err != nil {
+		return configError{err}
+	}
+	defer aaRemote.Close()
+	remoteAA := proxy.RemoteAA{Remote: aaRemote}
+	h, err := proxy.NewHandler(proxy.Config{
+		Resources: proxy.RemoteCDH{Remote: cdhRemote}, Logger: log, Features: features,
+		Evidence: remoteAA.Evidence, Token: remoteAA.Token,
+	})
+	if err != nil {
+		return configError{err}
+	}
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", bind, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "mode", "api-server-rest (forwarding)", "cdh_addr", cdhAddr, "aa_addr", aaAddr, "features", features)
+	err = proxy.Serve(ctx, ln, h, proxy.DefaultBudget, drainTimeout)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -13,7 +13,10 @@ FUZZ_TARGETS := ./resource:FuzzParseEscaped:300000x \
 	./kbsclient:FuzzDecryptInput:90000x \
 	./kbsclient:FuzzClassify:90000x \
 	./kbsclient:FuzzTokenLifetime:60000x \
-	./config:FuzzParseCDH:150000x
+	./config:FuzzParseCDH:150000x \
+	./config:FuzzParseAA:100000x \
+	./resource:FuzzParseURI:200000x \
+	./sealed:FuzzParse:150000x
 
 .PHONY: all build test test-unit lint vet fmt demo fuzz-short clean generate
 
@@ -48,8 +51,9 @@ fuzz-short:
 demo: build
 	./scripts/demo.sh
 
+## generate: rebuild the committed protobuf/ttrpc code in api/ (needs protoc: apt-get install protobuf-compiler)
 generate:
-	@echo "nothing to generate yet (protobuf/ttrpc code arrives with the kata-agent API)"
+	./scripts/generate.sh
 
 clean:
 	rm -rf $(BIN) .demo

@@ -50,10 +50,10 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 		want      string
 		wantWarns int
 	}{
-		{name: "file only", flags: Flags{ConfigFile: file}, want: "https://from-file:8080"},
-		{name: "env beats file", flags: Flags{ConfigFile: file}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
-		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
-		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file}, want: "https://from-file:8080"},
+		{name: "file only", flags: Flags{ConfigFile: file, Cmdline: "-"}, want: "https://from-file:8080"},
+		{name: "env beats file", flags: Flags{ConfigFile: file, Cmdline: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
+		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag", Cmdline: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
+		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file, Cmdline: "-"}, want: "https://from-file:8080"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,7 +69,7 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 }
 
 func TestDefaultsAndValidation(t *testing.T) {
-	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080"}, env(nil))
+	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080", Cmdline: "-"}, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults: %+v", c)
 	}
 	zero := time.Duration(0)
-	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero}, env(nil)); err != nil || c.CacheTTL != 0 {
+	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero, Cmdline: "-"}, env(nil)); err != nil || c.CacheTTL != 0 {
 		t.Fatalf("explicit TTL 0: %v %v", c, err)
 	}
 	neg := -time.Second
@@ -165,7 +165,7 @@ func TestInitData(t *testing.T) {
 	if err := os.WriteFile(p, []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Load(Flags{KBSURL: "http://x", InitData: p}, env(nil))
+	c, err := Load(Flags{KBSURL: "http://x", InitData: p, Cmdline: "-"}, env(nil))
 	if err != nil || string(c.InitData) != good {
 		t.Fatalf("initdata not kept byte for byte: %v", err)
 	}
@@ -180,4 +180,119 @@ func TestInitData(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+func TestAllSourcesPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cdh := filepath.Join(dir, "cdh.toml")
+	aa := filepath.Join(dir, "aa.toml")
+	cmdline := filepath.Join(dir, "cmdline")
+	credDir := filepath.Join(dir, "kbs")
+	must := func(p, s string) {
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(cdh, "socket = \"unix:///run/x/cdh.sock\"\nskip_sealed_secret_verification = true\n[kbc]\nname = \"cc_kbc\"\nurl = \"https://cdh-toml\"\nkbs_cert = \"CERT-A\"\n[[credentials]]\nresource_uri = \"kbs:///default/key/1\"\npath = \""+credDir+"/key1\"\n")
+	must(aa, "[token_configs.kbs]\nurl = \"https://aa-toml\"\ncert = \"CERT-B\"\ntee_key_algorithm = \"RSA-OAEP-256\"\n[eventlog_config]\nenable_eventlog = true\n")
+	must(cmdline, "console=hvc0 agent.aa_kbc_params=cc_kbc::https://cmdline agent.aa_kbc_params=cc_kbc::https://second cdh.kbs_resources=kbs:///default/key/2::"+credDir+"/key2,kbs:///default/key/3::"+credDir+"/sub/key3 quiet")
+
+	tests := []struct {
+		name  string
+		flags Flags
+		env   map[string]string
+		want  string
+		from  string
+	}{
+		{"cmdline only", Flags{Cmdline: cmdline, CredDir: credDir}, nil, "https://cmdline", cmdline + " agent.aa_kbc_params"},
+		{"aa.toml beats cmdline", Flags{Cmdline: cmdline, AAConfigFile: aa, CredDir: credDir}, nil, "https://aa-toml", aa + " [token_configs.kbs] url"},
+		{"cdh.toml beats aa.toml", Flags{Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, nil, "https://cdh-toml", cdh + " [kbc] url"},
+		{"env beats cdh.toml", Flags{Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, map[string]string{EnvKBCParams: "cc_kbc::https://env"}, "https://env", EnvKBCParams},
+		{"flag beats env", Flags{KBSURL: "https://flag", Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, map[string]string{EnvKBCParams: "cc_kbc::https://env"}, "https://flag", "--kbs-url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(tt.flags, env(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.KBSURL != tt.want || c.KBSURLSource != tt.from {
+				t.Fatalf("url %q from %q, want %q from %q", c.KBSURL, c.KBSURLSource, tt.want, tt.from)
+			}
+			for _, w := range c.Warnings {
+				if strings.Contains(w, "overrides") && !strings.Contains(w, tt.want) {
+					t.Fatalf("conflict warning does not name the winner: %s", w)
+				}
+			}
+		})
+	}
+	c, err := Load(Flags{Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.KBSCerts) != 2 || c.KeyAlgorithm != "RSA-OAEP-256" || !c.SkipSealedSecretVerification || c.CDHSocket != "unix:///run/x/cdh.sock" {
+		t.Fatalf("merged: certs %d alg %q skip %v socket %q", len(c.KBSCerts), c.KeyAlgorithm, c.SkipSealedSecretVerification, c.CDHSocket)
+	}
+	if len(c.Credentials) != 3 || c.Credentials[0].Path != credDir+"/key1" || c.Credentials[2].Path != credDir+"/sub/key3" {
+		t.Fatalf("credentials %+v", c.Credentials)
+	}
+	if n := strings.Count(strings.Join(c.Warnings, "\n"), "overrides"); n != 2 {
+		t.Fatalf("want 2 conflict warnings (aa.toml, cmdline), got %q", c.Warnings)
+	}
+	if !strings.Contains(strings.Join(c.Warnings, "\n"), "enable_eventlog") {
+		t.Fatalf("eventlog warning missing: %q", c.Warnings)
+	}
+	// Socket flags override the file; "none" disables.
+	none := "none"
+	c, _ = Load(Flags{ConfigFile: cdh, CDHSocket: &none, Cmdline: "-", CredDir: credDir}, env(nil))
+	if c.CDHSocket != "" {
+		t.Fatalf("--cdh-socket none: %q", c.CDHSocket)
+	}
+	c, _ = Load(Flags{KBSURL: "http://x", Cmdline: "-"}, env(map[string]string{EnvSkipSealedVerify: "TRUE"}))
+	if !c.SkipSealedSecretVerification {
+		t.Fatal("SKIP_SEALED_SECRET_VERIFICATION=TRUE ignored")
+	}
+}
+
+func TestCredentialPathRules(t *testing.T) {
+	for name, tt := range map[string]struct{ uri, path string }{
+		"outside dir":  {"kbs:///a/b/c", "/etc/passwd"},
+		"dotdot":       {"kbs:///a/b/c", DefaultCredentialsDir + "/../../etc/x"},
+		"dot":          {"kbs:///a/b/c", DefaultCredentialsDir + "/./x"},
+		"relative":     {"kbs:///a/b/c", "run/confidential-containers/cdh/kbs/x"},
+		"prefix trick": {"kbs:///a/b/c", DefaultCredentialsDir + "-evil/x"},
+		"bad uri":      {"kbs:///a/b", DefaultCredentialsDir + "/x"},
+	} {
+		f := filepath.Join(t.TempDir(), "cdh.toml")
+		if err := os.WriteFile(f, []byte("[kbc]\nurl = \"http://x\"\n[[credentials]]\nresource_uri = \""+tt.uri+"\"\npath = \""+tt.path+"\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(Flags{ConfigFile: f, Cmdline: "-"}, env(nil)); err == nil {
+			t.Errorf("%s: accepted %s -> %s", name, tt.uri, tt.path)
+		}
+	}
+	if _, err := ParseCmdline("cdh.kbs_resources=kbs:///a/b/c"); err == nil {
+		t.Error("cmdline resource without ::path accepted")
+	}
+}
+
+func TestParseAA(t *testing.T) {
+	_, _, err := ParseAA("aa.toml", []byte("[token_configs.kbs]\nurl = 1\n"))
+	if err == nil || !strings.Contains(err.Error(), "aa.toml:2") || !strings.Contains(err.Error(), "token_configs.kbs.url") {
+		t.Fatalf("type error: %v", err)
+	}
+	_, warns, err := ParseAA("aa.toml", []byte("[token_configs.kbs]\nurl = \"x\"\nfoo = 1\n"))
+	if err != nil || len(warns) != 1 || !strings.Contains(warns[0], "token_configs.kbs.foo") {
+		t.Fatalf("unknown key: %v %q", err, warns)
+	}
+}
+
+func FuzzParseAA(f *testing.F) {
+	f.Add([]byte("[token_configs.kbs]\nurl = \"http://x\"\n"))
+	f.Add([]byte("[eventlog_config]\ninit_pcr = \"x\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		_, _, _ = ParseAA("fuzz.toml", data)
+		_, _ = ParseCmdline(string(data))
+		_ = ParseInitData("fuzz.toml", data)
+	})
 }

@@ -62,6 +62,7 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cdh-proxy serve: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "") // test seam, as for the drop-ins
 	cfg, err := config.Load(*f, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cdh-proxy: configuration: %v\n", err)

@@ -339,3 +339,30 @@ func waitSocket(t *testing.T, path string, start time.Time) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// [[credentials]] are fetched after the socket is bound, even when the KBS
+// is slow at first, and written as files; /readyz waits for them.
+func TestCredentialsFetchedAtStartup(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	dir, cdhSock, _ := sockets(t)
+	credDir := filepath.Join(dir, "kbs")
+	ca, _ := os.ReadFile(k.CAFile)
+	cdhToml := filepath.Join(dir, "cdh.toml")
+	mustWrite(t, cdhToml, fmt.Sprintf("socket = %q\n[kbc]\nname = \"cc_kbc\"\nurl = %q\nkbs_cert = '''\n%s'''\n[[credentials]]\nresource_uri = \"kbs:///default/akv/coco_one\"\npath = %q\n",
+		"unix://"+cdhSock, k.URL, ca, credDir+"/one"))
+	cmdline := filepath.Join(dir, "cmdline")
+	mustWrite(t, cmdline, "quiet cdh.kbs_resources=kbs:///default/akv/coco_two::"+credDir+"/sub/two")
+	k.SetFaults(kbs.Faults{Delay: 300 * time.Millisecond, Only: []kbs.Endpoint{kbs.EndpointResource}})
+	start := time.Now()
+	p := startProxyBin(t, proxyBin, nil, []string{"CDH_PROXY_CREDENTIALS_DIR=" + credDir}, "-c", cdhToml, "--attester", "sample", "--cmdline", cmdline)
+	waitSocket(t, cdhSock, start)
+	waitUntil(t, 10*time.Second, "credentials", func() bool {
+		a, _ := os.ReadFile(credDir + "/one")
+		b, _ := os.ReadFile(credDir + "/sub/two")
+		return string(a) == "a secret" && string(b) == "another secret"
+	})
+	if fi, _ := os.Stat(credDir + "/one"); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("credential mode %v", fi.Mode())
+	}
+	waitUntil(t, 5*time.Second, "readyz", func() bool { return p.get("/readyz").Status == 200 })
+}

@@ -117,6 +117,18 @@ func (c *Cache) onEvict(_ string, e *entry) {
 	e.val.Release()
 }
 
+// Lookup returns a fresh cached value without fetching: the allocation-free
+// hit path. The caller must Release the value.
+func (c *Cache) Lookup(key string) (*Value, Meta, bool) {
+	c.mu.Lock()
+	v, meta, ok := c.lookupLocked(key)
+	c.mu.Unlock()
+	if ok {
+		c.hits.Add(1)
+	}
+	return v, meta, ok
+}
+
 // Get returns the value for key, from the cache when fresh, else from one
 // fetch shared by all concurrent callers for key. refresh skips the cached
 // copy (a request's Cache-Control: no-cache). The caller must Release the

@@ -1,21 +1,29 @@
 package cache
 
-import "sync/atomic"
+import (
+	"strconv"
+	"sync/atomic"
+)
 
 // Value is a reference-counted plaintext buffer. The cache holds one
 // reference while the value is stored; every Get hands the caller one more.
 // The bytes are zeroed when the last reference is released, so eviction never
 // wipes a buffer a reader is still writing to its client.
 type Value struct {
-	b    []byte
-	refs atomic.Int32
+	b      []byte
+	refs   atomic.Int32
+	lenHdr []string // Content-Length header value, built once per value
 }
 
 func newValue(b []byte, refs int32) *Value {
-	v := &Value{b: b}
+	v := &Value{b: b, lenHdr: []string{strconv.Itoa(len(b))}}
 	v.refs.Store(refs)
 	return v
 }
+
+// ContentLength is the length as a ready header value ([]string{"N"}).
+// Callers must not modify it.
+func (v *Value) ContentLength() []string { return v.lenHdr }
 
 // Bytes returns the plaintext. It is valid until Release; callers must not
 // modify it or keep it afterwards.

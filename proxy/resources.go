@@ -30,3 +30,14 @@ func (c *CachedResources) Resource(ctx context.Context, p resource.Path, refresh
 		return c.KBS.Resource(ctx, p)
 	})
 }
+
+// Lookup serves a fresh cached copy without a context, a fetch closure or a
+// budget timer: the warm path. Found by type assertion (lookuper).
+func (c *CachedResources) Lookup(p resource.Path) (*cache.Value, cache.Meta, bool) {
+	return c.Cache.Lookup(p.String())
+}
+
+// lookuper is the optional fast path of a Resources.
+type lookuper interface {
+	Lookup(p resource.Path) (*cache.Value, cache.Meta, bool)
+}

@@ -6,14 +6,28 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 )
 
-// segmentRE is the KBS rule for each of the three path segments
+// SegmentPattern is the KBS rule for each of the three path segments
 // (spec kbs-protocol.md, "Endpoints"). It excludes "/", "%" and a leading
-// ".", so "..", "." and a decoded "%2F" can never pass.
-var segmentRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9_.-]*$`)
+// ".", so "..", "." and a decoded "%2F" can never pass. validSegment
+// implements it without regexp, on the hot path; a fuzz test holds the two
+// equal.
+const SegmentPattern = `^[A-Za-z0-9_-][A-Za-z0-9_.-]*$`
+
+func validSegment(s string) bool {
+	if s == "" || s[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
 
 // maxSegment bounds one segment; the KBS has no limit, but nothing legitimate
 // comes close and it keeps hostile input cheap.
@@ -28,10 +42,17 @@ type Path struct {
 	// Query is forwarded to the KBS as is (resource URIs may carry one); it
 	// is already validated. Empty for HTTP requests, whose query is dropped.
 	Query string
+
+	// key is String() when known at parse time without allocating (an
+	// unescaped HTTP path): the cache key on the hot path.
+	key string
 }
 
 // String returns "repo/type/tag[?query]", the form used in KBS URLs and cache keys.
 func (p Path) String() string {
+	if p.key != "" {
+		return p.key
+	}
 	s := p.Repo + "/" + p.Type + "/" + p.Tag
 	if p.Query != "" {
 		s += "?" + p.Query
@@ -55,8 +76,8 @@ func checkSegment(s string) error {
 		return errors.New("empty")
 	case len(s) > maxSegment:
 		return fmt.Errorf("longer than %d bytes", maxSegment)
-	case !segmentRE.MatchString(s):
-		return fmt.Errorf("%q does not match %s", s, segmentRE)
+	case !validSegment(s):
+		return fmt.Errorf("%q does not match %s", s, SegmentPattern)
 	}
 	return nil
 }
@@ -65,19 +86,24 @@ func checkSegment(s string) error {
 // Each segment is unescaped on its own, so "%2F" inside a segment becomes a
 // "/" that the segment rule then rejects instead of silently adding a level.
 func ParseEscaped(escaped string) (Path, error) {
-	parts := strings.Split(escaped, "/")
-	if len(parts) != 3 {
-		return Path{}, fmt.Errorf("%w: want exactly 3 segments repo/type/tag, got %d", ErrInvalidPath, len(parts))
-	}
 	var seg [3]string
-	for i, p := range parts {
-		u, err := url.PathUnescape(p)
+	rest := escaped
+	for i := range seg {
+		part, tail, more := strings.Cut(rest, "/")
+		if more != (i < 2) {
+			return Path{}, fmt.Errorf("%w: want exactly 3 segments repo/type/tag, got %d", ErrInvalidPath, strings.Count(escaped, "/")+1)
+		}
+		u, err := url.PathUnescape(part)
 		if err != nil {
 			return Path{}, fmt.Errorf("%w: segment %d: bad escape", ErrInvalidPath, i+1)
 		}
-		seg[i] = u
+		seg[i], rest = u, tail
 	}
-	return New(seg[0], seg[1], seg[2])
+	p, err := New(seg[0], seg[1], seg[2])
+	if err == nil && !strings.Contains(escaped, "%") {
+		p.key = escaped // already exactly repo/type/tag
+	}
+	return p, err
 }
 
 // maxQuery bounds a forwarded query string.
@@ -114,7 +140,7 @@ func ParseURI(uri string) (Path, error) {
 	if err != nil {
 		return Path{}, err
 	}
-	p.Query = u.RawQuery
+	p.Query, p.key = u.RawQuery, ""
 	return p, nil
 }
 

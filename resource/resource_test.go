@@ -2,6 +2,7 @@ package resource
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -45,7 +46,7 @@ func TestParseEscaped(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got != tt.want {
+			if err != nil || !same(got, tt.want) {
 				t.Fatalf("ParseEscaped(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
 			}
 			if got.String() != tt.want.Repo+"/"+tt.want.Type+"/"+tt.want.Tag {
@@ -111,7 +112,7 @@ func TestParseURI(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != tt.want {
+		if err != nil || !same(got, tt.want) || got.String() != tt.want.String() {
 			t.Errorf("ParseURI(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
 		}
 	}
@@ -134,6 +135,32 @@ func FuzzParseURI(f *testing.F) {
 		}
 		if _, err := New(p.Repo, p.Type, p.Tag); err != nil {
 			t.Fatalf("parsed %q into invalid %+v", in, p)
+		}
+	})
+}
+
+func BenchmarkParseEscaped(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseEscaped("default/akv/coco_one"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func same(a, b Path) bool {
+	return a.Repo == b.Repo && a.Type == b.Type && a.Tag == b.Tag && a.Query == b.Query
+}
+
+// validSegment must accept exactly what the KBS regexp accepts.
+func FuzzValidSegment(f *testing.F) {
+	re := regexp.MustCompile(SegmentPattern)
+	for _, s := range []string{"coco_one", ".x", "-a", "a.b", "", "a/b", "é", "a\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := validSegment(s), re.MatchString(s); got != want {
+			t.Fatalf("validSegment(%q) = %v, regexp says %v", s, got, want)
 		}
 	})
 }

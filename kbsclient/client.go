@@ -48,6 +48,9 @@ type Config struct {
 	Rand             func() float64    // jitter source in [0,1); nil → math/rand/v2
 	MaxResponseBytes int64             // cap on any KBS response body; zero → DefaultMaxResponseBytes
 	HandshakeTimeout time.Duration     // budget of one shared handshake; zero → DefaultHandshakeTimeout
+	// Trace, when set, receives the duration of each step ("keygen", "auth",
+	// "evidence", "attest", "resource", "decrypt"): for benchmarks and metrics.
+	Trace func(step string, d time.Duration)
 }
 
 // Stats are cumulative counters, for metrics and tests.
@@ -225,7 +228,9 @@ func (c *Client) startHandshakeLocked() *handshakeFlight {
 // handshake runs one RCAR round with a fresh key pair and a fresh cookie jar
 // (parallel handshakes sharing a jar would overwrite each other's session).
 func (c *Client) handshake(ctx context.Context) (*session, error) {
+	done := c.step("keygen")
 	key, err := newTEEKey(c.cfg.KeyAlgorithm)
+	done()
 	if err != nil {
 		return nil, &Error{Kind: AttestationFailed, Op: "keygen", Err: err}
 	}
@@ -235,7 +240,9 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 
 	// auth
 	body, _ := json.Marshal(authRequest{Version: ProtocolVersion, Tee: c.cfg.Attester.Tee(), ExtraParams: supportedHashesJSON})
+	done = c.step("auth")
 	respBody, err := c.post(ctx, &hc, "auth", body)
+	done()
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +261,9 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, &Error{Kind: AttestationFailed, Op: "evidence", Err: err}
 	}
+	done = c.step("evidence")
 	ev, err := c.cfg.Attester.Evidence(ctx, rd)
+	done()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -273,7 +282,9 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, &Error{Kind: AttestationFailed, Op: "attest", Msg: "encode request", Err: err}
 	}
+	done = c.step("attest")
 	respBody, err = c.post(ctx, &hc, "attest", body)
+	done()
 	if err != nil {
 		return nil, err
 	}
@@ -313,15 +324,28 @@ func (c *Client) getResource(ctx context.Context, s *session, p resource.Path) (
 	// session (spec "Session").
 	req.Header.Set("Authorization", "Bearer "+s.token)
 	c.resourceReqs.Add(1)
+	done := c.step("resource")
 	body, err := c.do(ctx, c.cfg.HTTPClient, req, "resource")
+	done()
 	if err != nil {
 		return nil, err
 	}
+	done = c.step("decrypt")
 	plain, err := s.key.decrypt(body)
+	done()
 	if err != nil {
 		return nil, &Error{Kind: BadResponse, Op: "decrypt", Msg: "resource is not a JWE for our key", Err: err}
 	}
 	return plain, nil
+}
+
+// step starts timing one step for Trace; the returned func ends it.
+func (c *Client) step(name string) func() {
+	if c.cfg.Trace == nil {
+		return func() {}
+	}
+	start := time.Now()
+	return func() { c.cfg.Trace(name, time.Since(start)) }
 }
 
 func (c *Client) endpoint(op string) string {

@@ -74,3 +74,27 @@ func TestPrivatePEM(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecrypt(b *testing.B) {
+	for _, alg := range []KeyAlgorithm{KeyEC256, KeyEC521, KeyRSA256} {
+		b.Run(string(alg), func(b *testing.B) {
+			k, err := newTEEKey(alg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			jweAlg := jose.ECDH_ES_A256KW
+			if alg == KeyRSA256 {
+				jweAlg = jose.RSA_OAEP_256
+			}
+			e, _ := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jweAlg, Key: k.priv.(crypto.Signer).Public()}, nil)
+			obj, _ := e.Encrypt(make([]byte, 4096))
+			body := []byte(obj.FullSerialize())
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := k.decrypt(body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -2,11 +2,8 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,12 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
 
 // proxyBin is the production build; fakeProxyBin is built with the
@@ -91,27 +87,9 @@ func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
 // proxyProc is a running cdh-proxy.
 type proxyProc struct {
 	t    *testing.T
-	cmd  *exec.Cmd
+	p    *proc.Proc
 	Base string // http://127.0.0.1:port
-	logs *syncBuffer
-	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs *proc.Buffer
 }
 
 // startProxy runs cdh-proxy serve on 127.0.0.1:0 with args and the KBS's CA,
@@ -145,55 +123,19 @@ func startProxyProc(t *testing.T, bin string, env []string, args ...string) *pro
 
 func startProc(t *testing.T, bin string, env []string, readyMsg string, args ...string) *proxyProc {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	// The race runtime sleeps 1 s at exit by default; tests stop many proxies.
-	cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
-	pr, pw := io.Pipe()
-	logs := &syncBuffer{}
-	cmd.Stderr = io.MultiWriter(pw, logs)
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(bin, env, readyMsg, args...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxyProc{t: t, cmd: cmd, logs: logs, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait(); pw.Close() }()
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			var line struct{ Msg, Addr string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == readyMsg {
-				addr <- line.Addr
-				break
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	select {
-	case a := <-addr:
-		p.Base = "http://" + a
-	case err := <-p.done:
-		t.Fatalf("cdh-proxy exited before listening: %v\n%s", err, logs)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("cdh-proxy did not listen\n%s", logs)
-	}
-	t.Cleanup(p.stop)
-	return p
+	pp := &proxyProc{t: t, p: p, Base: "http://" + p.Addr, logs: p.Logs}
+	t.Cleanup(pp.stop)
+	return pp
 }
 
 // stop sends SIGTERM and requires a clean exit.
 func (p *proxyProc) stop() {
-	if p.cmd.ProcessState != nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		if err != nil {
-			p.t.Errorf("cdh-proxy exit: %v\n%s", err, p.logs)
-		}
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		p.t.Errorf("cdh-proxy did not stop on SIGTERM")
+	if err := p.p.Stop(15 * time.Second); err != nil {
+		p.t.Errorf("cdh-proxy exit: %v\n%s", err, p.logs)
 	}
 	if p.t.Failed() {
 		p.t.Logf("cdh-proxy logs:\n%s", p.logs)

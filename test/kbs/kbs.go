@@ -118,15 +118,6 @@ func (s *Server) Counts() Counts {
 		ServerTime: time.Duration(s.serverNanos.Load())}
 }
 
-// ResetCounts zeroes the counters.
-func (s *Server) ResetCounts() {
-	s.auth.Store(0)
-	s.attest.Store(0)
-	s.res.Store(0)
-	s.handshakes.Store(0)
-	s.serverNanos.Store(0)
-}
-
 // SetTokenLifetime changes the lifetime of tokens issued from now on.
 func (s *Server) SetTokenLifetime(d time.Duration) {
 	s.mu.Lock()

@@ -34,7 +34,7 @@ func cdhMain(args []string, stderr io.Writer) int {
 		}
 	}
 	f.CDHSocket = &sock
-	return daemon(f, parts{cdh: true}, stderr)
+	return dropIn(f, parts{cdh: true}, stderr)
 }
 
 // aaMain is `attestation-agent --attestation_sock URI [-c aa.toml]
@@ -59,7 +59,7 @@ func aaMain(args []string, stderr io.Writer) int {
 		return code
 	}
 	f.AASocket = &sock
-	return daemon(f, parts{aa: true}, stderr)
+	return dropIn(f, parts{aa: true}, stderr)
 }
 
 // asrMain is `api-server-rest [-b ADDR] [--features resource|attestation|all]
@@ -113,12 +113,18 @@ func parse(fs *flag.FlagSet, args []string) (int, bool) {
 	return 0, true
 }
 
-// daemon loads config (with the environment overrides operators use, e.g.
-// AA_KBC_PARAMS) and runs the given parts.
-func daemon(f *config.Flags, p parts, stderr io.Writer) int {
+// dropIn runs a drop-in personality. kata passes only upstream's flags, so
+// the test seams that serve has as flags come from the environment here.
+func dropIn(f *config.Flags, p parts, stderr io.Writer) int {
 	f.LogFormat = envOr("CDH_PROXY_LOG_FORMAT", "")
 	f.Cmdline = envOr("CDH_PROXY_CMDLINE", "")
-	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "")
+	return daemon(f, stderr, func(*config.Config) parts { return p })
+}
+
+// daemon loads config (with the environment overrides operators use, e.g.
+// AA_KBC_PARAMS) and runs the parts choose picks for it.
+func daemon(f *config.Flags, stderr io.Writer, choose func(*config.Config) parts) int {
+	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "") // test seam: credentials outside /run
 	cfg, err := config.Load(*f, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cdh-proxy: configuration: %v\n", err)
@@ -130,7 +136,7 @@ func daemon(f *config.Flags, p parts, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := runDaemon(ctx, cfg, p, log); err != nil {
+	if err := runDaemon(ctx, cfg, choose(cfg), log); err != nil {
 		log.Error("exiting", "err", err)
 		return exitCode(err)
 	}

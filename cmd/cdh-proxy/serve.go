@@ -1,15 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/config"
@@ -62,24 +58,10 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cdh-proxy serve: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "") // test seam, as for the drop-ins
-	cfg, err := config.Load(*f, os.LookupEnv)
-	if err != nil {
-		fmt.Fprintf(stderr, "cdh-proxy: configuration: %v\n", err)
-		return exitConfig
-	}
-	log := newLogger(stderr, cfg)
-	for _, w := range cfg.Warnings {
-		log.Warn("config", "warning", w)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	p := parts{http: true, cdh: cfg.CDHSocket != "", aa: cfg.AASocket != ""}
-	if err := runDaemon(ctx, cfg, p, log); err != nil {
-		log.Error("exiting", "err", err)
-		return exitCode(err)
-	}
-	return 0
+	// Sockets are served when configured (--cdh-socket/--aa-socket, cdh.toml socket).
+	return daemon(f, stderr, func(c *config.Config) parts {
+		return parts{http: true, cdh: c.CDHSocket != "", aa: c.AASocket != ""}
+	})
 }
 
 // configError marks failures the operator fixes in configuration.

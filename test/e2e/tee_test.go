@@ -96,14 +96,15 @@ func TestTEEAttestersEndToEnd(t *testing.T) {
 
 func TestTEEMismatchesReachTheCaller(t *testing.T) {
 	sum := sha512.Sum384([]byte(initdata))
+	type mismatch struct {
+		name     string
+		mod      func(any)
+		untrust  bool
+		initdata bool
+		want     string
+	}
 	for _, tc := range teeCases() {
-		cases := []struct {
-			name     string
-			mod      func(any)
-			untrust  bool
-			initdata bool
-			want     string
-		}{
+		cases := []mismatch{
 			{name: "signature (untrusted root)", untrust: true, want: "signature chain"},
 			{name: "init-data", initdata: true, mod: func(hw any) {
 				// The host bound other initdata than the guest sends.
@@ -124,21 +125,9 @@ func TestTEEMismatchesReachTheCaller(t *testing.T) {
 			}},
 		}
 		if tc.tee == "snp" {
-			cases = append(cases, struct {
-				name     string
-				mod      func(any)
-				untrust  bool
-				initdata bool
-				want     string
-			}{name: "VMPL", mod: func(hw any) { hw.(*fakehw.SNP).VMPL = 1 }, want: "VMPL 1"})
+			cases = append(cases, mismatch{name: "VMPL", mod: func(hw any) { hw.(*fakehw.SNP).VMPL = 1 }, want: "VMPL 1"})
 		} else {
-			cases = append(cases, struct {
-				name     string
-				mod      func(any)
-				untrust  bool
-				initdata bool
-				want     string
-			}{name: "report_data", mod: func(hw any) { hw.(*fakehw.TDX).FlipReportData = true }, want: "does not carry the requested report_data"})
+			cases = append(cases, mismatch{name: "report_data", mod: func(hw any) { hw.(*fakehw.TDX).FlipReportData = true }, want: "does not carry the requested report_data"})
 		}
 		for _, c := range cases {
 			t.Run(tc.tee+"/"+c.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -82,6 +83,10 @@ type Flags struct {
 	CDHSocket, AASocket *string
 	// CredDir overrides DefaultCredentialsDir (tests).
 	CredDir string
+	// InitDataDir is where kata writes initdata.toml, cdh.toml and aa.toml
+	// from the host-bound initdata; "" → DefaultInitDataDir, "-" → none.
+	// Files found there are used when the matching option is not given.
+	InitDataDir string
 }
 
 // Env reads an environment variable; os.LookupEnv in main, a map in tests.
@@ -123,6 +128,19 @@ func Load(f Flags, env Env) (*Config, error) {
 	}
 	if f.CredDir != "" {
 		c.CredDir = f.CredDir
+	}
+	if f.InitDataDir != "-" {
+		dir := cmp.Or(f.InitDataDir, DefaultInitDataDir)
+		for _, d := range []struct {
+			dst  *string
+			name string
+		}{{&f.ConfigFile, "cdh.toml"}, {&f.AAConfigFile, "aa.toml"}, {&f.InitData, "initdata.toml"}} {
+			if *d.dst == "" {
+				if p := filepath.Join(dir, d.name); fileExists(p) {
+					*d.dst = p
+				}
+			}
+		}
 	}
 	if f.ConfigFile != "" {
 		cdh, warns, err := LoadCDHFile(f.ConfigFile)
@@ -228,11 +246,6 @@ func Load(f Flags, env Env) (*Config, error) {
 	}
 	c.TDXEventLog = f.TDXEventLog
 	c.InitDataPath = f.InitData
-	if c.InitDataPath == "" {
-		if _, err := os.Stat(DefaultInitDataPath); err == nil {
-			c.InitDataPath = DefaultInitDataPath
-		}
-	}
 	if c.InitDataPath != "" {
 		data, err := LoadInitData(c.InitDataPath)
 		if err != nil {
@@ -241,6 +254,11 @@ func Load(f Flags, env Env) (*Config, error) {
 		c.InitData = data
 	}
 	return c, c.Validate()
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // Validate checks the merged values.

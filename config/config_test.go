@@ -50,10 +50,10 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 		want      string
 		wantWarns int
 	}{
-		{name: "file only", flags: Flags{ConfigFile: file, Cmdline: "-"}, want: "https://from-file:8080"},
-		{name: "env beats file", flags: Flags{ConfigFile: file, Cmdline: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
-		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag", Cmdline: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
-		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file, Cmdline: "-"}, want: "https://from-file:8080"},
+		{name: "file only", flags: Flags{ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, want: "https://from-file:8080"},
+		{name: "env beats file", flags: Flags{ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
+		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag", Cmdline: "-", InitDataDir: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
+		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, want: "https://from-file:8080"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,7 +69,7 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 }
 
 func TestDefaultsAndValidation(t *testing.T) {
-	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080", Cmdline: "-"}, env(nil))
+	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080", Cmdline: "-", InitDataDir: "-"}, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults: %+v", c)
 	}
 	zero := time.Duration(0)
-	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero, Cmdline: "-"}, env(nil)); err != nil || c.CacheTTL != 0 {
+	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero, Cmdline: "-", InitDataDir: "-"}, env(nil)); err != nil || c.CacheTTL != 0 {
 		t.Fatalf("explicit TTL 0: %v %v", c, err)
 	}
 	neg := -time.Second
@@ -165,7 +165,7 @@ func TestInitData(t *testing.T) {
 	if err := os.WriteFile(p, []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Load(Flags{KBSURL: "http://x", InitData: p, Cmdline: "-"}, env(nil))
+	c, err := Load(Flags{KBSURL: "http://x", InitData: p, Cmdline: "-", InitDataDir: "-"}, env(nil))
 	if err != nil || string(c.InitData) != good {
 		t.Fatalf("initdata not kept byte for byte: %v", err)
 	}
@@ -248,7 +248,7 @@ func TestAllSourcesPrecedence(t *testing.T) {
 	if c.CDHSocket != "" {
 		t.Fatalf("--cdh-socket none: %q", c.CDHSocket)
 	}
-	c, _ = Load(Flags{KBSURL: "http://x", Cmdline: "-"}, env(map[string]string{EnvSkipSealedVerify: "TRUE"}))
+	c, _ = Load(Flags{KBSURL: "http://x", Cmdline: "-", InitDataDir: "-"}, env(map[string]string{EnvSkipSealedVerify: "TRUE"}))
 	if !c.SkipSealedSecretVerification {
 		t.Fatal("SKIP_SEALED_SECRET_VERIFICATION=TRUE ignored")
 	}
@@ -267,7 +267,7 @@ func TestCredentialPathRules(t *testing.T) {
 		if err := os.WriteFile(f, []byte("[kbc]\nurl = \"http://x\"\n[[credentials]]\nresource_uri = \""+tt.uri+"\"\npath = \""+tt.path+"\"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Load(Flags{ConfigFile: f, Cmdline: "-"}, env(nil)); err == nil {
+		if _, err := Load(Flags{ConfigFile: f, Cmdline: "-", InitDataDir: "-"}, env(nil)); err == nil {
 			t.Errorf("%s: accepted %s -> %s", name, tt.uri, tt.path)
 		}
 	}
@@ -295,4 +295,32 @@ func FuzzParseAA(f *testing.F) {
 		_, _ = ParseCmdline(string(data))
 		_ = ParseInitData("fuzz.toml", data)
 	})
+}
+
+func TestInitDataDirFiles(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"cdh.toml":      "[kbc]\nname = \"cc_kbc\"\nurl = \"https://from-initdata\"\n",
+		"aa.toml":       "[token_configs.kbs]\nurl = \"https://from-initdata\"\n",
+		"initdata.toml": "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := Load(Flags{InitDataDir: dir, Cmdline: "-"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.KBSURL != "https://from-initdata" || c.InitDataPath != filepath.Join(dir, "initdata.toml") || len(c.InitData) == 0 {
+		t.Fatalf("initdata dir not used: %q %q", c.KBSURL, c.InitDataPath)
+	}
+	// An explicit -c wins over the directory.
+	other := filepath.Join(t.TempDir(), "cdh.toml")
+	if err := os.WriteFile(other, []byte("[kbc]\nurl = \"https://explicit\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Load(Flags{InitDataDir: dir, ConfigFile: other, Cmdline: "-"}, env(nil)); err != nil || c.KBSURL != "https://explicit" {
+		t.Fatalf("explicit -c: %v %v", c, err)
+	}
 }

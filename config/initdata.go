@@ -8,8 +8,12 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// DefaultInitDataPath is where kata writes the host-bound initdata.
-const DefaultInitDataPath = "/run/confidential-containers/initdata/initdata.toml"
+// DefaultInitDataDir is where kata writes the host-bound initdata
+// (initdata.toml, and cdh.toml/aa.toml when its [data] carries them).
+const DefaultInitDataDir = "/run/confidential-containers/initdata"
+
+// DefaultInitDataPath is the initdata TOML inside it.
+const DefaultInitDataPath = DefaultInitDataDir + "/initdata.toml"
 
 // LoadInitData reads an initdata TOML, validates it, and returns its exact
 // bytes: the KBS hashes the body as sent, so it must not be re-encoded.

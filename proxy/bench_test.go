@@ -26,9 +26,12 @@ func BenchmarkHandlerHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	req := httptest.NewRequest(http.MethodGet, "/cdh/resource/default/akv/coco_one", nil)
-	req.RemoteAddr = "127.0.0.1:5555"
+	req.RemoteAddr, req.Host = "127.0.0.1:5555", "127.0.0.1:8006"
 	w := &discardWriter{h: http.Header{}}
 	h.ServeHTTP(w, req) // warm the cache
+	if w.h.Get("X-Cache") != "MISS" {
+		b.Fatalf("warm-up request not served: %v", w.h)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {

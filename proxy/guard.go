@@ -3,11 +3,14 @@ package proxy
 import (
 	"net"
 	"net/http"
+	"strings"
 )
 
-// guard admits only loopback peers without an Origin header. A browser in
-// the pod (or DNS rebinding from outside) sends Origin; curl, SDKs and
-// kata-agent never do.
+// guard admits only loopback peers that look like local programs: no
+// Origin header, no cross-site Sec-Fetch-Site (both only come from browsers:
+// CSRF from a page in the pod), and a loopback Host (a DNS-rebound name
+// resolving to 127.0.0.1 still carries its own name). curl, SDKs and
+// kata-agent pass all three.
 func guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !loopbackPeer(r.RemoteAddr) {
@@ -18,8 +21,32 @@ func guard(next http.Handler) http.Handler {
 			writeProblem(w, classify(errForbiddenOrigin))
 			return
 		}
+		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+			writeProblem(w, classify(errForbiddenOrigin))
+			return
+		}
+		if !loopbackHost(r.Host) {
+			writeProblem(w, classify(errForbiddenHost))
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// loopbackHost accepts localhost, loopback IPs and an empty Host (HTTP/1.0).
+func loopbackHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") || strings.EqualFold(host, "localhost.") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func loopbackPeer(remote string) bool {

@@ -47,7 +47,12 @@ func newTestHandler(t *testing.T, kbs Fetcher) http.Handler {
 func serve(h http.Handler, remote, target string, hdr ...string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(http.MethodGet, target, nil)
 	req.RemoteAddr = remote
+	req.Host = "127.0.0.1:8006"
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	rec := httptest.NewRecorder()
@@ -58,9 +63,9 @@ func serve(h http.Handler, remote, target string, hdr ...string) *httptest.Respo
 func TestGuard(t *testing.T) {
 	h := newTestHandler(t, &fakeKBS{data: map[string]string{"default/akv/coco_one": "a secret"}})
 	tests := []struct {
-		name, remote string
-		hdr          []string
-		want         int
+		name, remote, host string
+		hdr                []string
+		want               int
 	}{
 		{name: "ipv4 loopback", remote: "127.0.0.1:5555", want: 200},
 		{name: "other 127/8", remote: "127.1.2.3:5555", want: 200},
@@ -70,10 +75,21 @@ func TestGuard(t *testing.T) {
 		{name: "ipv4-mapped non-loopback", remote: "[::ffff:10.0.0.1]:5555", want: 403},
 		{name: "garbage remote", remote: "nonsense", want: 403},
 		{name: "origin header", remote: "127.0.0.1:5555", hdr: []string{"Origin", "null"}, want: 403},
+		{name: "cross-site fetch", remote: "127.0.0.1:5555", hdr: []string{"Sec-Fetch-Site", "cross-site"}, want: 403},
+		{name: "same-site fetch", remote: "127.0.0.1:5555", hdr: []string{"Sec-Fetch-Site", "same-site"}, want: 403},
+		{name: "typed-in URL", remote: "127.0.0.1:5555", hdr: []string{"Sec-Fetch-Site", "none"}, want: 200},
+		{name: "rebound host", remote: "127.0.0.1:5555", host: "evil.example:8006", want: 403},
+		{name: "localhost host", remote: "127.0.0.1:5555", host: "localhost:8006", want: 200},
+		{name: "ipv6 host", remote: "[::1]:5555", host: "[::1]:8006", want: 200},
+		{name: "127/8 host", remote: "127.0.0.1:5555", host: "127.0.0.2", want: 200},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := serve(h, tt.remote, "/cdh/resource/default/akv/coco_one", tt.hdr...)
+			hdr := tt.hdr
+			if tt.host != "" {
+				hdr = append(hdr, "Host", tt.host)
+			}
+			rec := serve(h, tt.remote, "/cdh/resource/default/akv/coco_one", hdr...)
 			if rec.Code != tt.want {
 				t.Fatalf("status %d, want %d", rec.Code, tt.want)
 			}
@@ -131,7 +147,7 @@ func TestProblemBodyCarriesKBSError(t *testing.T) {
 func TestHeadAndHeaders(t *testing.T) {
 	h := newTestHandler(t, &fakeKBS{data: map[string]string{"r/t/x": "0123456789"}})
 	req := httptest.NewRequest(http.MethodHead, "/cdh/resource/r/t/x", nil)
-	req.RemoteAddr = "127.0.0.1:1"
+	req.RemoteAddr, req.Host = "127.0.0.1:1", "localhost"
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != 200 || rec.Body.Len() != 0 || rec.Header().Get("Content-Length") != "10" {

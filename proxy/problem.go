@@ -28,7 +28,8 @@ type problem struct {
 // Errors the proxy itself raises.
 var (
 	errForbiddenPeer   = errors.New("only loopback clients may read secrets")
-	errForbiddenOrigin = errors.New("requests carrying an Origin header are refused (browser cross-site protection)")
+	errForbiddenOrigin = errors.New("browser requests (Origin or cross-site Sec-Fetch-Site) are refused: cross-site request protection")
+	errForbiddenHost   = errors.New("the Host header must name a loopback address (DNS rebinding protection)")
 	errMethod          = errors.New("method not allowed")
 )
 
@@ -48,7 +49,7 @@ func classify(err error) problem {
 		p = problem{Type: "urn:cdh-proxy:bad-sealed-secret", Status: http.StatusBadRequest}
 	case errors.Is(err, sealed.ErrSignature):
 		p = problem{Type: "urn:cdh-proxy:sealed-secret-signature", Status: http.StatusForbidden}
-	case errors.Is(err, errForbiddenPeer), errors.Is(err, errForbiddenOrigin):
+	case errors.Is(err, errForbiddenPeer), errors.Is(err, errForbiddenOrigin), errors.Is(err, errForbiddenHost):
 		p = problem{Type: "urn:cdh-proxy:forbidden", Status: http.StatusForbidden}
 	case errors.Is(err, errMethod):
 		p = problem{Type: "urn:cdh-proxy:method-not-allowed", Status: http.StatusMethodNotAllowed}

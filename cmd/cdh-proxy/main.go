@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/google/logger"
 )
@@ -18,6 +20,9 @@ func main() {
 	// go-tdx-guest's client package points google/logger at stdout in its
 	// init; our stdout carries evidence JSON, so send library logs nowhere.
 	logger.Init("", false, false, io.Discard)
+	// SIGHUP's default action would kill the daemon (a closed controlling
+	// terminal, a careless `kill -HUP`); configuration is not reloaded.
+	signal.Ignore(syscall.SIGHUP)
 	// Installed under guest-components' names, behave as that component.
 	switch filepath.Base(os.Args[0]) {
 	case "confidential-data-hub":

@@ -36,10 +36,11 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")
 	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence) or all")
 	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
-	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default "+config.DefaultInitDataPath+" when it exists)")
+	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default: initdata.toml in --initdata-dir when it exists)")
 	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
 	fs.Func("cdh-socket", "also serve the CDH ttrpc API on this socket, e.g. "+config.DefaultCDHSocket+" (default: cdh.toml socket if -c, else off)", func(s string) error { f.CDHSocket = &s; return nil })
 	fs.Func("aa-socket", "also serve the AA ttrpc API on this socket, e.g. "+config.DefaultAASocket+" (default off)", func(s string) error { f.AASocket = &s; return nil })
+	fs.StringVar(&f.InitDataDir, "initdata-dir", "", "where kata writes initdata.toml, cdh.toml, aa.toml; used when -c, --aa-config, --initdata are not given (default "+config.DefaultInitDataDir+"; - for none)")
 	fs.StringVar(&f.Cmdline, "cmdline", "", "kernel command line to read agent.aa_kbc_params and cdh.kbs_resources from (default /proc/cmdline; - for none)")
 	return f
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +34,14 @@ func TestSeedScenario(t *testing.T) {
 	}
 	if r := p.get(cocoOne); r.Header.Get("X-Cache") != "HIT" || r.Body != "a secret" {
 		t.Fatalf("second GET: X-Cache=%q body %q", r.Header.Get("X-Cache"), r.Body)
+	}
+	// SIGHUP is ignored (documented): the daemon keeps serving.
+	if err := p.p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if r := p.get(cocoOne); r.Status != 200 {
+		t.Fatalf("after SIGHUP: %d", r.Status)
 	}
 }
 

@@ -102,7 +102,7 @@ func startProxy(t *testing.T, k *testKBS, env []string, args ...string) *proxyPr
 // startProxyBin is startProxy for a given binary, without a default attester.
 func startProxyBin(t *testing.T, bin string, k *testKBS, env []string, args ...string) *proxyProc {
 	t.Helper()
-	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--cmdline", "-"}
+	base := []string{"serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug", "--cmdline", "-", "--initdata-dir", "-"}
 	if k != nil {
 		base = append(base, "--kbs-cert", k.CAFile)
 	}

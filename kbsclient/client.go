@@ -31,6 +31,7 @@ import (
 const (
 	DefaultMaxResponseBytes = 8 << 20
 	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultMaxRetries       = 3
 	// refreshRetryDelay spaces background refresh attempts after a failure, so
 	// a down KBS sees one attempt per delay, not one per request.
 	refreshRetryDelay = 5 * time.Second
@@ -48,6 +49,9 @@ type Config struct {
 	Rand             func() float64    // jitter source in [0,1); nil → math/rand/v2
 	MaxResponseBytes int64             // cap on any KBS response body; zero → DefaultMaxResponseBytes
 	HandshakeTimeout time.Duration     // budget of one shared handshake; zero → DefaultHandshakeTimeout
+	// MaxRetries bounds retries of transient failures per call; zero →
+	// DefaultMaxRetries, negative → none.
+	MaxRetries int
 	// Trace, when set, receives the duration of each step ("keygen", "auth",
 	// "evidence", "attest", "resource", "decrypt"): for benchmarks and metrics.
 	Trace func(step string, d time.Duration)
@@ -119,6 +123,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	switch {
+	case cfg.MaxRetries == 0:
+		cfg.MaxRetries = DefaultMaxRetries
+	case cfg.MaxRetries < 0:
+		cfg.MaxRetries = 0
+	}
 	c := &Client{cfg: cfg, base: u, log: cfg.Logger.With("component", "kbsclient")}
 	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 		c.log.Warn("KBS URL uses plain HTTP to a non-loopback host; use https in production", "url", u.Redacted())
@@ -142,28 +152,62 @@ func (c *Client) HasToken() bool {
 	return c.cur.usable(c.cfg.Now())
 }
 
-// Resource fetches and decrypts one resource. On a 401 that says the token is
-// missing or bad it re-attests once and retries; every other failure is
-// returned as a classified *Error (or the ctx error).
+// Resource fetches and decrypts one resource. Transient failures (KBS
+// unreachable, 5xx, a failed handshake) are retried with capped, jittered
+// exponential backoff, at most MaxRetries times and never past ctx: this is
+// the one layer that retries. On a 401 that says the token is missing or bad
+// it re-attests once. Every other failure is returned at once as a
+// classified *Error (or the ctx error).
 func (c *Client) Resource(ctx context.Context, p resource.Path) ([]byte, error) {
 	if _, err := resource.New(p.Repo, p.Type, p.Tag); err != nil {
 		return nil, err
 	}
 	var stale *session
+	reattested := false
 	for attempt := 0; ; attempt++ {
-		s, err := c.session(ctx, stale)
-		if err != nil {
-			return nil, err
-		}
-		plain, err := c.getResource(ctx, s, p)
+		plain, s, err := c.tryResource(ctx, p, stale)
 		var kerr *Error
-		if attempt == 0 && errors.As(err, &kerr) && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
+		if !reattested && errors.As(err, &kerr) && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
 			c.log.Info("KBS rejected token; re-attesting once", "kbs_error", kerr.KBSType)
-			stale = s
+			stale, reattested = s, true
 			continue
 		}
-		return plain, err
+		if err == nil || !transient(err) || attempt >= c.cfg.MaxRetries || ctx.Err() != nil {
+			return plain, err
+		}
+		d := backoff(attempt, c.cfg.Rand())
+		c.log.Debug("transient KBS failure; retrying", "attempt", attempt+1, "backoff", d, "err", err)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err // the KBS failure is the cause; the budget only stopped the retries
+		}
 	}
+}
+
+func (c *Client) tryResource(ctx context.Context, p resource.Path, stale *session) ([]byte, *session, error) {
+	s, err := c.session(ctx, stale)
+	if err != nil {
+		return nil, nil, err
+	}
+	plain, err := c.getResource(ctx, s, p)
+	return plain, s, err
+}
+
+// transient reports failures worth retrying: the KBS could not be reached
+// or answered 5xx. Refusals, missing resources and garbage are final.
+func transient(err error) bool {
+	var kerr *Error
+	return errors.As(err, &kerr) && kerr.Kind == Unavailable
+}
+
+// backoff is the delay before retry attempt+1: 100 ms doubling to a 2 s
+// cap, with jitter r ∈ [0,1) spreading it over [d/2, d). Pure for tests.
+func backoff(attempt int, r float64) time.Duration {
+	d := min(100*time.Millisecond<<min(attempt, 5), 2*time.Second)
+	return d/2 + time.Duration(r*float64(d/2))
 }
 
 // session returns a usable session, starting or joining a handshake when

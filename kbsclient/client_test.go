@@ -357,3 +357,70 @@ func mustParse(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+func TestBackoff(t *testing.T) {
+	for _, tt := range []struct {
+		attempt  int
+		r        float64
+		min, max time.Duration
+	}{
+		{0, 0, 50 * time.Millisecond, 50 * time.Millisecond},
+		{0, 0.999, 50 * time.Millisecond, 100 * time.Millisecond},
+		{1, 0, 100 * time.Millisecond, 100 * time.Millisecond},
+		{4, 0.5, 1200 * time.Millisecond, 1200 * time.Millisecond},
+		{10, 0.999, time.Second, 2 * time.Second}, // capped
+	} {
+		if got := backoff(tt.attempt, tt.r); got < tt.min || got > tt.max {
+			t.Errorf("backoff(%d, %v) = %v, want in [%v, %v]", tt.attempt, tt.r, got, tt.min, tt.max)
+		}
+	}
+}
+
+func TestTransientFailuresRetried(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{Rand: func() float64 { return 0 }})
+	// Two 500s, then the KBS recovers: the call succeeds.
+	f.kbs.SetFaults(kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointResource}, Times: 2})
+	got, err := f.client.Resource(context.Background(), coco)
+	if err != nil || string(got) != "a secret" {
+		t.Fatalf("after two 500s: %q %v", got, err)
+	}
+	if c := f.kbs.Counts(); c.Resource != 3 {
+		t.Fatalf("resource requests = %d, want 3", c.Resource)
+	}
+	// A handshake failure is transient too.
+	g := newFixture(t, kbs.Config{}, Config{Rand: func() float64 { return 0 }})
+	g.kbs.SetFaults(kbs.Faults{Status: 503, Only: []kbs.Endpoint{kbs.EndpointAuth}, Times: 1})
+	if got, err := g.client.Resource(context.Background(), coco); err != nil || string(got) != "a secret" {
+		t.Fatalf("after a failed auth: %q %v", got, err)
+	}
+	// Bounded: a KBS that keeps failing gets MaxRetries+1 attempts, then the error.
+	h := newFixture(t, kbs.Config{}, Config{Rand: func() float64 { return 0 }, MaxRetries: 2})
+	h.kbs.SetFaults(kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointResource}})
+	_, err = h.client.Resource(context.Background(), coco)
+	if kerr := (*Error)(nil); !errors.As(err, &kerr) || kerr.Kind != Unavailable {
+		t.Fatalf("persistent 500: %v", err)
+	}
+	if c := h.kbs.Counts(); c.Resource != 3 {
+		t.Fatalf("resource requests = %d, want 3 (1 + 2 retries)", c.Resource)
+	}
+	// Final failures are not retried.
+	d := newFixture(t, kbs.Config{Policy: kbs.Policy{DenySample: true}}, Config{})
+	_, _ = d.client.Resource(context.Background(), coco)
+	if c := d.kbs.Counts(); c.Resource != 1 {
+		t.Fatalf("policy deny retried: %d requests", c.Resource)
+	}
+}
+
+func TestRetriesStopAtDeadline(t *testing.T) {
+	f := newFixture(t, kbs.Config{}, Config{MaxRetries: 100, Rand: func() float64 { return 0.999 }})
+	f.kbs.SetFaults(kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointResource}})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := f.client.Resource(ctx, coco)
+	if kerr := (*Error)(nil); !errors.As(err, &kerr) || kerr.Kind != Unavailable {
+		t.Fatalf("err = %v, want the KBS error when the budget ends mid-backoff", err)
+	}
+	if ctx.Err() == nil {
+		<-ctx.Done()
+	}
+}

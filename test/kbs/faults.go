@@ -2,6 +2,7 @@ package kbs
 
 import (
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -25,6 +26,8 @@ type Faults struct {
 	Body []byte
 	// Only restricts the faults to these endpoints; empty means all.
 	Only []Endpoint
+	// Times, when > 0, applies the faults to that many requests only.
+	Times int
 }
 
 // SetFaults replaces the fault knobs.
@@ -38,15 +41,16 @@ func (s *Server) SetFaults(f Faults) {
 func (s *Server) inject(w http.ResponseWriter, r *http.Request, ep Endpoint) bool {
 	s.mu.Lock()
 	f := s.faults
+	targeted := len(f.Only) == 0 || slices.Contains(f.Only, ep)
+	if targeted && f.Times > 0 {
+		s.faults.Times--
+		if s.faults.Times == 0 {
+			s.faults = Faults{} // used up
+		}
+	}
 	s.mu.Unlock()
-	if len(f.Only) > 0 {
-		hit := false
-		for _, o := range f.Only {
-			hit = hit || o == ep
-		}
-		if !hit {
-			return false
-		}
+	if !targeted {
+		return false
 	}
 	if f.Delay > 0 {
 		select {

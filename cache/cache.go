@@ -33,14 +33,18 @@ type Config struct {
 	// FetchTimeout is the budget of one shared fetch, independent of the
 	// caller that started it; zero → DefaultFetchTimeout.
 	FetchTimeout time.Duration
+	// StaleIfError keeps expired entries this much longer, for Stale to
+	// serve when a refetch fails; zero keeps nothing past its TTL.
+	StaleIfError time.Duration
 	// Now is the clock; nil → time.Now.
 	Now func() time.Time
 }
 
 // Meta describes how a value was obtained.
 type Meta struct {
-	Hit bool          // served from the cache
-	Age time.Duration // age of a cached value
+	Hit   bool          // served from the cache
+	Stale bool          // served past its TTL because a refetch failed
+	Age   time.Duration // age of a cached value
 }
 
 // Stats are cumulative counters and current gauges.
@@ -84,7 +88,7 @@ type flight struct {
 
 // New returns a Cache.
 func New(cfg Config) (*Cache, error) {
-	if cfg.TTL < 0 || cfg.MaxBytes < 0 || cfg.MaxEntryBytes < 0 || cfg.FetchTimeout < 0 {
+	if cfg.TTL < 0 || cfg.MaxBytes < 0 || cfg.MaxEntryBytes < 0 || cfg.FetchTimeout < 0 || cfg.StaleIfError < 0 {
 		return nil, errors.New("cache: negative TTL, size or timeout")
 	}
 	if cfg.MaxBytes == 0 {
@@ -182,13 +186,40 @@ func (c *Cache) lookupLocked(key string) (*Value, Meta, bool) {
 	}
 	now := c.cfg.Now()
 	if !now.Before(e.expires) {
-		c.lru.Remove(key)
+		if !now.Before(e.expires.Add(c.cfg.StaleIfError)) {
+			c.lru.Remove(key)
+		}
 		return nil, Meta{}, false
 	}
 	if !e.val.tryAcquire() {
 		return nil, Meta{}, false
 	}
 	return e.val, Meta{Hit: true, Age: now.Sub(e.stored)}, true
+}
+
+// Stale returns the last stored value for key if it is younger than its TTL
+// plus StaleIfError: what to serve when a refetch failed. The caller must
+// Release the value.
+func (c *Cache) Stale(key string) (*Value, Meta, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.lru.Peek(key)
+	if !ok {
+		return nil, Meta{}, false
+	}
+	now := c.cfg.Now()
+	if !now.Before(e.expires.Add(c.cfg.StaleIfError)) || !e.val.tryAcquire() {
+		return nil, Meta{}, false
+	}
+	return e.val, Meta{Hit: true, Stale: !now.Before(e.expires), Age: now.Sub(e.stored)}, true
+}
+
+// Remove drops key (e.g. after the KBS denied it or reported it missing, so
+// no stale copy outlives that answer).
+func (c *Cache) Remove(key string) {
+	c.mu.Lock()
+	c.lru.Remove(key)
+	c.mu.Unlock()
 }
 
 func (c *Cache) run(ctx context.Context, key string, f *flight, fetch Fetch) {
@@ -235,13 +266,14 @@ func (c *Cache) storeLocked(key string, v *Value) {
 	}
 }
 
-// Sweep removes expired entries, zeroing their plaintext once unreferenced.
+// Sweep removes entries past TTL (plus StaleIfError), zeroing their
+// plaintext once unreferenced.
 func (c *Cache) Sweep() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.cfg.Now()
 	for _, k := range c.lru.Keys() {
-		if e, ok := c.lru.Peek(k); ok && !now.Before(e.expires) {
+		if e, ok := c.lru.Peek(k); ok && !now.Before(e.expires.Add(c.cfg.StaleIfError)) {
 			c.lru.Remove(k)
 		}
 	}

@@ -316,3 +316,33 @@ func BenchmarkHit(b *testing.B) {
 		}
 	})
 }
+
+func TestStaleIfError(t *testing.T) {
+	clk := newClock()
+	c := newCache(t, Config{TTL: time.Minute, StaleIfError: 10 * time.Minute, Now: clk.Now})
+	var calls atomic.Int32
+	get(t, c, "k", false, static("v1", &calls))
+	clk.Advance(2 * time.Minute) // expired, inside the stale window
+	if _, _, ok := c.Lookup("k"); ok {
+		t.Fatal("expired entry served as fresh")
+	}
+	v, m, ok := c.Stale("k")
+	if !ok || string(v.Bytes()) != "v1" || !m.Stale || m.Age != 2*time.Minute {
+		t.Fatalf("Stale = %v %+v %v", ok, m, v)
+	}
+	v.Release()
+	// A successful refetch replaces it.
+	if got, _ := get(t, c, "k", false, static("v2", &calls)); got != "v2" {
+		t.Fatalf("refetch = %q", got)
+	}
+	clk.Advance(12 * time.Minute) // past TTL + stale window
+	c.Sweep()
+	if _, _, ok := c.Stale("k"); ok || c.Stats().Entries != 0 {
+		t.Fatal("entry kept past the stale window")
+	}
+	get(t, c, "k", false, static("v3", &calls))
+	c.Remove("k")
+	if _, _, ok := c.Stale("k"); ok {
+		t.Fatal("removed entry still served stale")
+	}
+}

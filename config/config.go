@@ -39,6 +39,7 @@ type Config struct {
 	CacheTTL     time.Duration
 	CacheMaxByte int64
 	CacheMaxItem int64
+	StaleIfError time.Duration // serve the last good copy this long past its TTL when the KBS fails
 	Budget       time.Duration
 	LogLevel     string
 	LogFormat    string // text | json
@@ -67,6 +68,7 @@ type Flags struct {
 	CacheTTL     *time.Duration
 	CacheMaxByte int64
 	CacheMaxItem int64
+	StaleIfError time.Duration
 	Budget       time.Duration
 	LogLevel     string
 	LogFormat    string
@@ -227,6 +229,7 @@ func Load(f Flags, env Env) (*Config, error) {
 	c.CacheMaxByte = cmp.Or(f.CacheMaxByte, c.CacheMaxByte)
 	c.CacheMaxItem = cmp.Or(f.CacheMaxItem, c.CacheMaxItem)
 	c.Budget = cmp.Or(f.Budget, c.Budget)
+	c.StaleIfError = f.StaleIfError
 	if f.LogLevel != "" {
 		c.LogLevel = strings.ToLower(f.LogLevel)
 	}
@@ -272,8 +275,11 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("attester %q: want auto, tdx, snp or sample", c.Attester))
 	}
-	if c.CacheTTL < 0 {
-		errs = append(errs, errors.New("cache TTL must not be negative"))
+	if c.CacheTTL < 0 || c.StaleIfError < 0 {
+		errs = append(errs, errors.New("cache TTL and stale-if-error must not be negative"))
+	}
+	if c.StaleIfError > 0 && c.CacheTTL == 0 {
+		errs = append(errs, errors.New("--stale-if-error needs caching (--cache-ttl > 0)"))
 	}
 	if c.CacheMaxByte < 0 || c.CacheMaxItem < 0 {
 		errs = append(errs, errors.New("cache sizes must not be negative"))

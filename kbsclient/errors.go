@@ -1,6 +1,7 @@
 package kbsclient
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 )
@@ -76,6 +77,15 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns the Kind of err, or 0 when err is not a *Error.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}
 
 // isTokenProblem reports whether a 401 means "your token is gone or bad":
 // the only 401s after which re-attesting can help (spec "Errors").

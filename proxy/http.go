@@ -153,6 +153,10 @@ var (
 	hdrNoSniff     = []string{"nosniff"}
 	hdrHit         = []string{"HIT"}
 	hdrMiss        = []string{"MISS"}
+	hdrStale       = []string{"STALE"}
+	// RFC 7234 warn-code 111: the cached copy is served because the KBS
+	// could not be asked.
+	hdrStaleWarning = []string{`111 cdh-proxy "Revalidation Failed"`}
 )
 
 // ageHeaders holds ready Age values for the first ten minutes, so a warm
@@ -180,10 +184,15 @@ func writeResource(w http.ResponseWriter, r *http.Request, v *cache.Value, meta 
 	hdr["Cache-Control"] = hdrNoStore
 	hdr["X-Content-Type-Options"] = hdrNoSniff
 	hdr["Content-Length"] = v.ContentLength()
-	if meta.Hit {
+	switch {
+	case meta.Stale:
+		hdr["X-Cache"] = hdrStale
+		hdr["Age"] = ageHeader(meta.Age)
+		hdr["Warning"] = hdrStaleWarning
+	case meta.Hit:
 		hdr["X-Cache"] = hdrHit
 		hdr["Age"] = ageHeader(meta.Age)
-	} else {
+	default:
 		hdr["X-Cache"] = hdrMiss
 	}
 	w.WriteHeader(http.StatusOK)

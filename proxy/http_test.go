@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -174,5 +175,58 @@ func TestNoCache(t *testing.T) {
 	}
 	if !noCache(http.Header{"Pragma": {"no-cache"}}) {
 		t.Error("Pragma: no-cache ignored")
+	}
+}
+
+// switchKBS answers from data until err is set.
+type switchKBS struct {
+	mu   sync.Mutex
+	data string
+	err  error
+}
+
+func (s *switchKBS) Resource(context.Context, resource.Path) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	return []byte(s.data), nil
+}
+
+func (s *switchKBS) set(err error) { s.mu.Lock(); s.err = err; s.mu.Unlock() }
+
+func TestStaleIfErrorServing(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	c, err := cache.New(cache.Config{TTL: time.Minute, StaleIfError: time.Hour, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kbs := &switchKBS{data: "a secret"}
+	h, err := NewHandler(Config{Resources: &CachedResources{Cache: c, KBS: kbs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const path = "/cdh/resource/default/akv/coco_one"
+	if rec := serve(h, "127.0.0.1:1", path); rec.Code != 200 {
+		t.Fatalf("warm: %d", rec.Code)
+	}
+	advance(2 * time.Minute)
+	kbs.set(&kbsclient.Error{Kind: kbsclient.Unavailable, Op: "resource"})
+	rec := serve(h, "127.0.0.1:1", path)
+	if rec.Code != 200 || rec.Body.String() != "a secret" || rec.Header().Get("X-Cache") != "STALE" || rec.Header().Get("Warning") == "" || rec.Header().Get("Age") != "120" {
+		t.Fatalf("KBS down: %d %q %v", rec.Code, rec.Body, rec.Header())
+	}
+	// A denial is authoritative: no stale copy afterwards.
+	kbs.set(&kbsclient.Error{Kind: kbsclient.Denied, Op: "resource", KBSType: "PolicyDeny"})
+	if rec := serve(h, "127.0.0.1:1", path); rec.Code != 403 {
+		t.Fatalf("deny: %d", rec.Code)
+	}
+	kbs.set(&kbsclient.Error{Kind: kbsclient.Unavailable, Op: "resource"})
+	if rec := serve(h, "127.0.0.1:1", path); rec.Code != 503 {
+		t.Fatalf("KBS down after a deny: %d %q (must not serve the stale copy)", rec.Code, rec.Body)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/cdh-proxy/cdh-proxy/cache"
+	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 
@@ -24,11 +25,29 @@ type CachedResources struct {
 	KBS   Fetcher
 }
 
-// Resource implements Resources.
+// Resource implements Resources. When the fetch fails for a reason that
+// says nothing about the secret itself (KBS down, slow, garbage), the last
+// good copy is served if the cache still holds one (cache StaleIfError),
+// marked Meta.Stale. A policy denial or a missing resource removes any
+// stale copy: those answers are authoritative.
 func (c *CachedResources) Resource(ctx context.Context, p resource.Path, refresh bool) (*cache.Value, cache.Meta, error) {
-	return c.Cache.Get(ctx, p.String(), refresh, func(ctx context.Context) ([]byte, error) {
+	key := p.String()
+	v, meta, err := c.Cache.Get(ctx, key, refresh, func(ctx context.Context) ([]byte, error) {
 		return c.KBS.Resource(ctx, p)
 	})
+	if err == nil {
+		return v, meta, nil
+	}
+	switch kbsclient.KindOf(err) {
+	case kbsclient.Denied, kbsclient.NotFound:
+		c.Cache.Remove(key)
+		return nil, meta, err
+	}
+	if sv, smeta, ok := c.Cache.Stale(key); ok {
+		smeta.Stale = true
+		return sv, smeta, nil
+	}
+	return nil, meta, err
 }
 
 // Lookup serves a fresh cached copy without a context, a fetch closure or a

@@ -51,7 +51,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		return configError{err}
 	}
 	defer kbs.Close()
-	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem, FetchTimeout: cfg.Budget})
+	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem,
+		FetchTimeout: cfg.Budget, StaleIfError: cfg.StaleIfError})
 	if err != nil {
 		return configError{err}
 	}

@@ -370,3 +370,22 @@ func TestRefusesWithoutAttester(t *testing.T) {
 	}
 	mustContain(t, out, "--attester sample")
 }
+
+func TestStaleIfErrorThroughBinary(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	p := startProxy(t, k, nil, "--kbs-url", k.URL, "--cache-ttl", "1s", "--stale-if-error", "1m", "--budget", "2s")
+	if r := p.get(cocoOne); r.Body != "a secret" {
+		t.Fatalf("warm: %d %s", r.Status, r.Body)
+	}
+	k.SetFaults(kbs.Faults{Status: 500})
+	time.Sleep(1100 * time.Millisecond) // past the TTL
+	r := p.get(cocoOne)
+	if r.Status != 200 || r.Body != "a secret" || r.Header.Get("X-Cache") != "STALE" || !strings.Contains(r.Header.Get("Warning"), "111") {
+		t.Fatalf("KBS failing: %d %q X-Cache=%q Warning=%q", r.Status, r.Body, r.Header.Get("X-Cache"), r.Header.Get("Warning"))
+	}
+	// Without the flag the same failure is a 503.
+	q := startProxy(t, k, nil, "--kbs-url", k.URL)
+	if r := q.get(cocoOne); r.Status != 503 {
+		t.Fatalf("without --stale-if-error: %d", r.Status)
+	}
+}

@@ -37,6 +37,8 @@ type Config struct {
 	// attestation is enabled.
 	Evidence EvidenceFunc
 	Token    TokenFunc
+	// Metrics, when set, is served at /metrics.
+	Metrics http.Handler
 }
 
 // NewHandler returns the HTTP API.
@@ -80,6 +82,9 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	}
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", h.readyz)
+	if cfg.Metrics != nil {
+		r.Handle("/metrics", cfg.Metrics)
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: "urn:cdh-proxy:not-found", Title: "Not Found", Status: http.StatusNotFound,
 			Detail: "no such endpoint; secrets are at /cdh/resource/<repo>/<type>/<tag>"})

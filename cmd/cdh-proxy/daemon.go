@@ -64,9 +64,13 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	var runners []func(context.Context) error
 	announce := func() {}
 	if p.http {
+		metrics, err := proxy.NewMetricsHandler(proxy.StatsSource{Cache: c.Stats, KBS: kbs.Stats})
+		if err != nil {
+			return err
+		}
 		h, err := proxy.NewHandler(proxy.Config{
 			Resources: res, Ready: ready, Budget: cfg.Budget, Logger: log,
-			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token,
+			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Metrics: metrics,
 		})
 		if err != nil {
 			return configError{err}

@@ -54,6 +54,7 @@ type testKBS struct {
 	URL    string
 	CAFile string
 	Root   string // repository root (TreeStore)
+	close  func() // stops the server (the KBS goes down)
 }
 
 func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
@@ -81,7 +82,7 @@ func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
 	if err := os.WriteFile(ca, caPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &testKBS{Server: srv, URL: ts.URL, CAFile: ca, Root: root}
+	return &testKBS{Server: srv, URL: ts.URL, CAFile: ca, Root: root, close: ts.Close}
 }
 
 // proxyProc is a running cdh-proxy.

@@ -1,6 +1,7 @@
 package kbs
 
 import (
+	"cmp"
 	"net/http"
 	"slices"
 	"time"
@@ -28,6 +29,18 @@ type Faults struct {
 	Only []Endpoint
 	// Times, when > 0, applies the faults to that many requests only.
 	Times int
+	// Type is the error variant sent with Status (default "InjectedFault"),
+	// e.g. "TokenVerifierError" for a 401 storm.
+	Type string
+	// ResetMidBody answers 200 with a Content-Length, half a body, then
+	// closes the connection.
+	ResetMidBody bool
+
+	// Protocol faults, applied by the handlers themselves:
+	TamperJWE     bool // flip a ciphertext byte of every resource JWE
+	ForeignKeyJWE bool // encrypt resources to a key that is not the token's
+	WrongNonce    bool // the challenge carries a nonce other than the session's
+	ClockSkew     time.Duration
 }
 
 // SetFaults replaces the fault knobs.
@@ -60,8 +73,18 @@ func (s *Server) inject(w http.ResponseWriter, r *http.Request, ep Endpoint) boo
 		}
 	}
 	switch {
+	case f.ResetMidBody:
+		w.Header().Set("Content-Length", "1000")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{"protected":"`))
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				conn.Close()
+			}
+		}
+		return true
 	case f.Status != 0:
-		writeError(w, f.Status, "InjectedFault", "injected fault")
+		writeError(w, f.Status, cmp.Or(f.Type, "InjectedFault"), "injected fault")
 		return true
 	case f.Body != nil:
 		w.Header().Set("Content-Type", "application/json")
@@ -69,4 +92,11 @@ func (s *Server) inject(w http.ResponseWriter, r *http.Request, ep Endpoint) boo
 		return true
 	}
 	return false
+}
+
+// protocolFaults returns the handler-level fault knobs.
+func (s *Server) protocolFaults() Faults {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults
 }

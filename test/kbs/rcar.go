@@ -87,7 +87,12 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) {
 	// Expires only, no Path: as Trustee's actix cookie.
 	w.Header().Add("Set-Cookie", cookieName+"="+sid+"; Expires="+exp.UTC().Format(http.TimeFormat))
 	w.Header().Set("Content-Type", "application/json")
-	body, _ := jsonMarshal(map[string]string{"nonce": nonce, "extra-params": ""})
+	sent := nonce
+	if s.protocolFaults().WrongNonce {
+		_, _ = rand.Read(raw[:])
+		sent = base64.StdEncoding.EncodeToString(raw[:])
+	}
+	body, _ := jsonMarshal(map[string]string{"nonce": sent, "extra-params": ""})
 	_, _ = w.Write(body)
 }
 

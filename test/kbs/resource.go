@@ -3,8 +3,10 @@ package kbs
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -90,7 +92,17 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request, escap
 		writeError(w, http.StatusUnauthorized, "PluginInternalError", "Plugin internal error")
 		return
 	}
+	f := s.protocolFaults()
+	if f.ForeignKeyJWE {
+		other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		enc := base64.RawURLEncoding.EncodeToString
+		jwk = map[string]string{"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW",
+			"x": enc(other.X.FillBytes(make([]byte, 32))), "y": enc(other.Y.FillBytes(make([]byte, 32)))}
+	}
 	body, err := encryptTo(jwk, data)
+	if err == nil && f.TamperJWE {
+		body = tamper(body)
+	}
 	if err != nil {
 		s.log.Info("JWE failed", "err", err)
 		writeError(w, http.StatusUnauthorized, "JweError", "JWE failed")
@@ -208,4 +220,20 @@ func encryptTo(jwk map[string]string, plain []byte) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(obj.FullSerialize()), nil
+}
+
+// tamper flips one bit in the JWE ciphertext, keeping the JSON valid.
+func tamper(body []byte) []byte {
+	var m map[string]string
+	if json.Unmarshal(body, &m) != nil {
+		return body
+	}
+	ct, err := base64.RawURLEncoding.DecodeString(m["ciphertext"])
+	if err != nil || len(ct) == 0 {
+		return body
+	}
+	ct[0] ^= 1
+	m["ciphertext"] = base64.RawURLEncoding.EncodeToString(ct)
+	out, _ := json.Marshal(m)
+	return out
 }

@@ -66,7 +66,7 @@ func (s *Server) verifyToken(raw string) (tee string, jwk map[string]string, err
 	if c.Expiry == nil {
 		return "", nil, errors.New("token has no exp")
 	}
-	if err := c.ValidateWithLeeway(jwt.Expected{Time: s.cfg.Now()}, tokenLeeway); err != nil {
+	if err := c.ValidateWithLeeway(jwt.Expected{Time: s.cfg.Now().Add(s.protocolFaults().ClockSkew)}, tokenLeeway); err != nil {
 		return "", nil, err
 	}
 	sub, ok := c.Submods["cpu0"]

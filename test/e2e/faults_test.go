@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+// goroutines reads go_goroutines from the proxy's /metrics.
+func goroutines(t *testing.T, p *proxyProc) int {
+	t.Helper()
+	r := p.get("/metrics")
+	sc := bufio.NewScanner(strings.NewReader(r.Body))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("no go_goroutines in /metrics (%d): %.200s", r.Status, r.Body)
+	return 0
+}
+
+// The fault matrix (issue 6): each KBS fault through the real binary, with
+// the status, the time to answer, goroutines before/after, and the cache
+// still serving correctly once the fault is gone. docs/reliability.md lists
+// the results.
+func TestFaultMatrix(t *testing.T) {
+	const budget = 2 * time.Second
+	closed, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadURL := "https://" + closed.Addr().String()
+	closed.Close()
+
+	tests := []struct {
+		name       string
+		faults     kbs.Faults
+		kcfg       kbs.Config
+		dead       bool // KBS down from the start
+		downAfter  bool // KBS stopped after warm-up
+		noCA       bool // proxy does not trust the KBS CA
+		path       string
+		wantStatus int
+		wantType   string
+	}{
+		{name: "KBS down at start", dead: true, wantStatus: 503, wantType: "urn:cdh-proxy:kbs-unavailable"},
+		{name: "KBS down after warm-up", downAfter: true, path: "/cdh/resource/default/akv/coco_two", wantStatus: 503, wantType: "urn:cdh-proxy:kbs-unavailable"},
+		{name: "slow beyond budget", faults: kbs.Faults{Delay: 5 * time.Second, Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 504, wantType: "urn:cdh-proxy:timeout"},
+		{name: "500", faults: kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 503, wantType: "urn:cdh-proxy:kbs-unavailable"},
+		{name: "garbage JSON", faults: kbs.Faults{Body: []byte(`{"protected": [1,2,{`), Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 502, wantType: "urn:cdh-proxy:kbs-bad-response"},
+		{name: "tampered JWE", faults: kbs.Faults{TamperJWE: true}, wantStatus: 502, wantType: "urn:cdh-proxy:kbs-bad-response"},
+		{name: "JWE for another key", faults: kbs.Faults{ForeignKeyJWE: true}, wantStatus: 502, wantType: "urn:cdh-proxy:kbs-bad-response"},
+		{name: "expired token (KBS clock ahead)", faults: kbs.Faults{ClockSkew: time.Hour}, wantStatus: 503, wantType: "urn:cdh-proxy:attestation-failed"},
+		{name: "token 401 storm", faults: kbs.Faults{Status: 401, Type: "TokenVerifierError", Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 503, wantType: "urn:cdh-proxy:attestation-failed"},
+		{name: "policy deny", kcfg: kbs.Config{Policy: kbs.Policy{DenySample: true}}, wantStatus: 403, wantType: "urn:cdh-proxy:kbs-policy-denied"},
+		{name: "missing resource", path: "/cdh/resource/default/akv/nope", wantStatus: 404, wantType: "urn:cdh-proxy:kbs-not-found"},
+		{name: "nonce mismatch", faults: kbs.Faults{WrongNonce: true}, wantStatus: 503, wantType: "urn:cdh-proxy:attestation-failed"},
+		{name: "wrong CA on TLS", noCA: true, wantStatus: 503, wantType: "urn:cdh-proxy:kbs-unavailable"},
+		{name: "oversize body", faults: kbs.Faults{Body: make([]byte, 9<<20), Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 502, wantType: "urn:cdh-proxy:kbs-bad-response"},
+		{name: "connection reset mid-body", faults: kbs.Faults{ResetMidBody: true, Only: []kbs.Endpoint{kbs.EndpointResource}}, wantStatus: 503, wantType: "urn:cdh-proxy:kbs-unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := newKBS(t, tt.kcfg)
+			url := k.URL
+			if tt.dead {
+				url = deadURL
+			}
+			kcert := k
+			if tt.noCA {
+				kcert = nil
+			}
+			k.SetFaults(tt.faults) // before start: handshake faults must meet the first attestation
+			p := startProxyBin(t, proxyBin, kcert, nil, "--attester", "sample", "--kbs-url", url, "--budget", budget.String())
+			if tt.downAfter {
+				if r := p.get(cocoOne); r.Status != 200 {
+					t.Fatalf("warm-up: %d", r.Status)
+				}
+			}
+			// Let startup work (background attestation) settle, then count.
+			time.Sleep(200 * time.Millisecond)
+			before := goroutines(t, p)
+			if tt.downAfter {
+				k.close()
+			}
+			path := tt.path
+			if path == "" {
+				path = cocoOne
+			}
+			start := time.Now()
+			r := p.get(path)
+			took := time.Since(start)
+			var pb problemBody
+			_ = json.Unmarshal([]byte(r.Body), &pb)
+			if r.Status != tt.wantStatus || pb.Type != tt.wantType {
+				t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, tt.wantStatus, tt.wantType)
+			}
+			if took > budget+time.Second {
+				t.Fatalf("answered after %v; the budget is %v", took, budget)
+			}
+			if strings.Contains(r.Body, "a secret") {
+				t.Fatal("error body contains the secret")
+			}
+			k.SetFaults(kbs.Faults{})
+			// No goroutine leak: what the failure started has ended.
+			deadline := time.Now().Add(3 * budget)
+			for after := goroutines(t, p); after > before+1; after = goroutines(t, p) {
+				if time.Now().After(deadline) {
+					t.Fatalf("goroutines %d before, %d after", before, after)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			// The cache is still correct once the fault is gone.
+			if !tt.downAfter && !tt.dead && !tt.noCA && !tt.kcfg.Policy.DenySample {
+				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
+					t.Fatalf("after the fault: %d %q", r.Status, r.Body)
+				}
+			}
+			if tt.downAfter { // the warm copy is still served
+				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
+					t.Fatalf("cached copy after KBS loss: %d %q", r.Status, r.Body)
+				}
+			}
+		})
+	}
+}

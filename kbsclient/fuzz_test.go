@@ -1,13 +1,21 @@
 package kbsclient
 
 import (
+	"bytes"
+	"context"
 	"crypto"
 	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/cdh-proxy/cdh-proxy/attester/sample"
+	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 
 // FuzzDecryptInput feeds arbitrary KBS resource bodies to the JWE path:
@@ -80,3 +88,48 @@ func FuzzTokenLifetime(f *testing.F) {
 		}
 	})
 }
+
+// FuzzKBSResponses runs whole handshakes and resource GETs against a KBS
+// that answers with fuzzed bodies and statuses: every outcome is a value or
+// a classified error, never a panic or a hang.
+func FuzzKBSResponses(f *testing.F) {
+	f.Add(200, []byte(`{"nonce":"AAAA","extra-params":""}`), 200, []byte(`{"token":"a.b.c"}`), 200, []byte(`{}`))
+	f.Add(200, []byte(`{"nonce":"AAAA","extra-params":{"selected-hash-algorithm":"sha512"}}`), 200, []byte(`{"token":"eyJhbGciOiJFUzI1NiJ9.eyJleHAiOjk5OTk5OTk5OTl9.AA"}`), 401, []byte(`{"type":"https://github.com/confidential-containers/kbs/errors/TokenNotFound","detail":"x"}`))
+	f.Add(500, []byte(`<html>`), 200, []byte(`null`), 200, []byte(`[]`))
+	f.Fuzz(func(t *testing.T, authStatus int, auth []byte, attestStatus int, attest []byte, resStatus int, res []byte) {
+		answer := func(status int, body []byte) (*http.Response, error) {
+			if status < 100 || status > 599 {
+				status = 200
+			}
+			return &http.Response{StatusCode: status, Body: io.NopCloser(bytes.NewReader(body)), Header: http.Header{}}, nil
+		}
+		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			switch {
+			case strings.HasSuffix(r.URL.Path, "/auth"):
+				return answer(authStatus, auth)
+			case strings.HasSuffix(r.URL.Path, "/attest"):
+				return answer(attestStatus, attest)
+			}
+			return answer(resStatus, res)
+		})
+		c, err := New(Config{URL: "http://kbs.invalid", Attester: sample.Attester{}, HTTPClient: &http.Client{Transport: rt},
+			MaxRetries: -1, MaxResponseBytes: 1 << 16, Rand: func() float64 { return 0 }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = c.Resource(ctx, resource.Path{Repo: "r", Type: "t", Tag: "x"})
+		if err != nil {
+			var kerr *Error
+			if !errors.As(err, &kerr) || kerr.Kind == 0 {
+				t.Fatalf("unclassified error: %v", err)
+			}
+		}
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -129,6 +129,16 @@ func TestFaultMatrix(t *testing.T) {
 					t.Fatalf("cached copy after KBS loss: %d %q", r.Status, r.Body)
 				}
 			}
+			// Secret hygiene on every path: debug logs and metrics carry no
+			// plaintext, token (JWTs start "eyJ") or key material.
+			metrics := p.get("/metrics").Body
+			for _, where := range []struct{ name, text string }{{"logs", p.logs.String()}, {"metrics", metrics}} {
+				for _, bad := range []string{"a secret", "another secret", "eyJ", "PRIVATE KEY", `"d":"`} {
+					if strings.Contains(where.text, bad) {
+						t.Fatalf("%s contain %q", where.name, bad)
+					}
+				}
+			}
 		})
 	}
 }

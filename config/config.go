@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -30,27 +31,28 @@ const (
 
 // Config is the merged configuration.
 type Config struct {
-	KBSURL       string
-	KBSURLSource string   // where KBSURL came from, for messages
-	KBSCerts     [][]byte // extra PEM roots for the KBS connection
-	Attester     string   // auto | sample (tdx, snp: issue 4)
-	KeyAlgorithm string   // kbsclient.ParseKeyAlgorithm names
-	Bind         string
-	CacheTTL     time.Duration
-	CacheMaxByte int64
-	CacheMaxItem int64
-	StaleIfError time.Duration // serve the last good copy this long past its TTL when the KBS fails
-	Budget       time.Duration
-	LogLevel     string
-	LogFormat    string // text | json
-	Features     string // resource | attestation | all (ASR --features)
-	TDXEventLog  string // CCEL path sent as cc_eventlog; "" sends null
-	InitDataPath string // "" when none
-	InitData     []byte // exact initdata TOML bytes
-	CDHSocket    string // unix:// URI to serve CDH on; "" = not served
-	AASocket     string // unix:// URI to serve AA on; "" = not served
-	Credentials  []Credential
-	CredDir      string
+	KBSURL        string
+	KBSURLSource  string   // where KBSURL came from, for messages
+	KBSCerts      [][]byte // extra PEM roots for the KBS connection
+	Attester      string   // auto | sample (tdx, snp: issue 4)
+	KeyAlgorithm  string   // kbsclient.ParseKeyAlgorithm names
+	Bind          string
+	CacheTTL      time.Duration
+	CacheMaxByte  int64
+	CacheMaxItem  int64
+	StaleIfError  time.Duration // serve the last good copy this long past its TTL when the KBS fails
+	RequireHeader string        // HTTP requests must carry this header (anti-SSRF); "" = off
+	Budget        time.Duration
+	LogLevel      string
+	LogFormat     string // text | json
+	Features      string // resource | attestation | all (ASR --features)
+	TDXEventLog   string // CCEL path sent as cc_eventlog; "" sends null
+	InitDataPath  string // "" when none
+	InitData      []byte // exact initdata TOML bytes
+	CDHSocket     string // unix:// URI to serve CDH on; "" = not served
+	AASocket      string // unix:// URI to serve AA on; "" = not served
+	Credentials   []Credential
+	CredDir       string
 	// SkipSealedSecretVerification: cdh.toml key or SKIP_SEALED_SECRET_VERIFICATION=true.
 	SkipSealedSecretVerification bool
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
@@ -59,21 +61,22 @@ type Config struct {
 
 // Flags are the command-line values; zero means "not given".
 type Flags struct {
-	KBSURL       string
-	KBSCert      string // path to a PEM file
-	ConfigFile   string // cdh.toml (-c)
-	Attester     string
-	KeyAlgorithm string
-	Bind         string
-	CacheTTL     *time.Duration
-	CacheMaxByte int64
-	CacheMaxItem int64
-	StaleIfError time.Duration
-	Budget       time.Duration
-	LogLevel     string
-	LogFormat    string
-	Features     string
-	TDXEventLog  string
+	KBSURL        string
+	KBSCert       string // path to a PEM file
+	ConfigFile    string // cdh.toml (-c)
+	Attester      string
+	KeyAlgorithm  string
+	Bind          string
+	CacheTTL      *time.Duration
+	CacheMaxByte  int64
+	CacheMaxItem  int64
+	StaleIfError  time.Duration
+	RequireHeader string
+	Budget        time.Duration
+	LogLevel      string
+	LogFormat     string
+	Features      string
+	TDXEventLog   string
 	// InitData is an initdata TOML path; "" uses DefaultInitDataPath when it exists.
 	InitData string
 	// AAConfigFile is aa.toml.
@@ -230,6 +233,7 @@ func Load(f Flags, env Env) (*Config, error) {
 	c.CacheMaxItem = cmp.Or(f.CacheMaxItem, c.CacheMaxItem)
 	c.Budget = cmp.Or(f.Budget, c.Budget)
 	c.StaleIfError = f.StaleIfError
+	c.RequireHeader = http.CanonicalHeaderKey(f.RequireHeader)
 	if f.LogLevel != "" {
 		c.LogLevel = strings.ToLower(f.LogLevel)
 	}

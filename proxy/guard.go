@@ -11,7 +11,12 @@ import (
 // CSRF from a page in the pod), and a loopback Host (a DNS-rebound name
 // resolving to 127.0.0.1 still carries its own name). curl, SDKs and
 // kata-agent pass all three.
-func guard(next http.Handler) http.Handler {
+func guard(next http.Handler) http.Handler { return guardWith("", next) }
+
+// guardWith is guard plus an optional required header (--require-header,
+// like Vault's X-Vault-Request): a request forged through an SSRF-prone
+// component in the pod usually cannot add arbitrary headers.
+func guardWith(required string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !loopbackPeer(r.RemoteAddr) {
 			writeProblem(w, classify(errForbiddenPeer))
@@ -27,6 +32,12 @@ func guard(next http.Handler) http.Handler {
 		}
 		if !loopbackHost(r.Host) {
 			writeProblem(w, classify(errForbiddenHost))
+			return
+		}
+		if required != "" && r.Header.Get(required) == "" {
+			p := classify(errForbiddenPeer)
+			p.Detail = "this cdh-proxy requires the " + required + " header (--require-header)"
+			writeProblem(w, p)
 			return
 		}
 		next.ServeHTTP(w, r)

@@ -39,6 +39,8 @@ type Config struct {
 	Token    TokenFunc
 	// Metrics, when set, is served at /metrics.
 	Metrics http.Handler
+	// RequireHeader, when set, must be present on every request (anti-SSRF).
+	RequireHeader string
 }
 
 // NewHandler returns the HTTP API.
@@ -68,7 +70,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	}
 	h := &handler{cfg: cfg, log: cfg.Logger.With("component", "http")}
 	r := chi.NewRouter()
-	r.Use(guard)
+	r.Use(func(next http.Handler) http.Handler { return guardWith(cfg.RequireHeader, next) })
 	resourceRoute := http.HandlerFunc(h.resource)
 	if !resourceOn {
 		resourceRoute = featureOff("resource")
@@ -89,7 +91,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		writeProblem(w, problem{Type: "urn:cdh-proxy:not-found", Title: "Not Found", Status: http.StatusNotFound,
 			Detail: "no such endpoint; secrets are at /cdh/resource/<repo>/<type>/<tag>"})
 	})
-	return &hotRoute{resource: guard(resourceRoute), rest: r}, nil
+	return &hotRoute{resource: guardWith(cfg.RequireHeader, resourceRoute), rest: r}, nil
 }
 
 // hotRoute sends /cdh/resource/ straight to its (guarded) handler and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,5 +229,21 @@ func TestStaleIfErrorServing(t *testing.T) {
 	kbs.set(&kbsclient.Error{Kind: kbsclient.Unavailable, Op: "resource"})
 	if rec := serve(h, "127.0.0.1:1", path); rec.Code != 503 {
 		t.Fatalf("KBS down after a deny: %d %q (must not serve the stale copy)", rec.Code, rec.Body)
+	}
+}
+
+func TestRequireHeader(t *testing.T) {
+	c, _ := cache.New(cache.Config{TTL: time.Minute})
+	h, err := NewHandler(Config{RequireHeader: "X-Cdh-Request", Resources: &CachedResources{Cache: c, KBS: &fakeKBS{data: map[string]string{"r/t/x": "v"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/cdh/resource/r/t/x", "/healthz"} {
+		if rec := serve(h, "127.0.0.1:1", path); rec.Code != 403 || !strings.Contains(rec.Body.String(), "X-Cdh-Request") {
+			t.Fatalf("%s without the header: %d %s", path, rec.Code, rec.Body)
+		}
+		if rec := serve(h, "127.0.0.1:1", path, "X-CDH-Request", "1"); rec.Code != 200 {
+			t.Fatalf("%s with the header: %d", path, rec.Code)
+		}
 	}
 }

@@ -70,7 +70,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		}
 		h, err := proxy.NewHandler(proxy.Config{
 			Resources: res, Ready: ready, Budget: cfg.Budget, Logger: log,
-			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Metrics: metrics,
+			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Metrics: metrics, RequireHeader: cfg.RequireHeader,
 		})
 		if err != nil {
 			return configError{err}

@@ -32,6 +32,7 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.Int64Var(&f.CacheMaxByte, "cache-max-bytes", 0, "bound on cached plaintext (default 64 MiB)")
 	fs.Int64Var(&f.CacheMaxItem, "cache-max-entry", 0, "largest secret that is cached; larger ones are served uncached (default 1 MiB)")
 	fs.DurationVar(&f.StaleIfError, "stale-if-error", 0, "when the KBS fails, serve the last good copy up to this long past its TTL, marked X-Cache: STALE (default off; never after a policy denial or 404)")
+	fs.StringVar(&f.RequireHeader, "require-header", "", "refuse HTTP requests without this header (e.g. X-CDH-Request), like Vault's X-Vault-Request: anti-SSRF")
 	fs.DurationVar(&f.Budget, "budget", 0, "total time for one request, attestation included (default 30s)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")

@@ -389,3 +389,31 @@ func TestStaleIfErrorThroughBinary(t *testing.T) {
 		t.Fatalf("without --stale-if-error: %d", r.Status)
 	}
 }
+
+// SIGTERM lets a request in flight finish, then the process exits 0.
+func TestGracefulDrain(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	k.SetFaults(kbs.Faults{Delay: time.Second, Only: []kbs.Endpoint{kbs.EndpointResource}})
+	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	res := make(chan reply, 1)
+	go func() {
+		r, err := doGet(context.Background(), p.Base+cocoOne)
+		if err != nil {
+			r = reply{Status: -1, Body: err.Error()}
+		}
+		res <- r
+	}()
+	time.Sleep(300 * time.Millisecond) // the request is waiting on the KBS
+	if err := p.p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-res; r.Status != 200 || r.Body != "a secret" {
+		t.Fatalf("in-flight request during shutdown: %d %q", r.Status, r.Body)
+	}
+	if err := p.p.Stop(15 * time.Second); err != nil {
+		t.Fatalf("exit after drain: %v", err)
+	}
+	if _, err := doGet(context.Background(), p.Base+"/healthz"); err == nil {
+		t.Fatal("still accepting after SIGTERM")
+	}
+}

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -140,5 +142,43 @@ func TestFaultMatrix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A slow KBS answer for one secret delays neither cached hits nor other
+// secrets: flights are per key and hits take none.
+func TestSlowKBSDoesNotBlockOthers(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	if err := kbs.WriteCSI(filepath.Join(k.Root, "default", "other"), map[string][]byte{"fast": []byte("fast secret"), "slow": []byte("slow secret")}); err != nil {
+		t.Fatal(err)
+	}
+	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	if r := p.get(cocoOne); r.Status != 200 {
+		t.Fatalf("warm: %d", r.Status)
+	}
+	k.SetFaults(kbs.Faults{Delay: 3 * time.Second, PathContains: "/other/slow"})
+	slow := make(chan reply, 1)
+	go func() {
+		r, _ := doGet(context.Background(), p.Base+"/cdh/resource/default/other/slow")
+		slow <- r
+	}()
+	time.Sleep(200 * time.Millisecond) // the slow fetch is in flight
+	start := time.Now()
+	if r := p.get(cocoOne); r.Status != 200 || r.Header.Get("X-Cache") != "HIT" {
+		t.Fatalf("cached hit during a slow fetch: %d %q", r.Status, r.Header.Get("X-Cache"))
+	}
+	if r := p.get("/cdh/resource/default/other/fast"); r.Status != 200 || r.Body != "fast secret" {
+		t.Fatalf("other secret during a slow fetch: %d %q", r.Status, r.Body)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("hit and other fetch took %v while one secret was slow", d)
+	}
+	select {
+	case r := <-slow:
+		t.Fatalf("slow fetch finished early: %d", r.Status)
+	default:
+	}
+	if r := <-slow; r.Status != 200 || r.Body != "slow secret" {
+		t.Fatalf("slow secret: %d %q", r.Status, r.Body)
 	}
 }

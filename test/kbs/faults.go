@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -29,6 +30,8 @@ type Faults struct {
 	Only []Endpoint
 	// Times, when > 0, applies the faults to that many requests only.
 	Times int
+	// PathContains, when set, restricts the faults to request paths containing it.
+	PathContains string
 	// Type is the error variant sent with Status (default "InjectedFault"),
 	// e.g. "TokenVerifierError" for a 401 storm.
 	Type string
@@ -54,7 +57,8 @@ func (s *Server) SetFaults(f Faults) {
 func (s *Server) inject(w http.ResponseWriter, r *http.Request, ep Endpoint) bool {
 	s.mu.Lock()
 	f := s.faults
-	targeted := len(f.Only) == 0 || slices.Contains(f.Only, ep)
+	targeted := (len(f.Only) == 0 || slices.Contains(f.Only, ep)) &&
+		(f.PathContains == "" || strings.Contains(r.URL.Path, f.PathContains))
 	if targeted && f.Times > 0 {
 		s.faults.Times--
 		if s.faults.Times == 0 {

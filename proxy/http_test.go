@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/resource"
@@ -244,6 +246,25 @@ func TestRequireHeader(t *testing.T) {
 		}
 		if rec := serve(h, "127.0.0.1:1", path, "X-CDH-Request", "1"); rec.Code != 200 {
 			t.Fatalf("%s with the header: %d", path, rec.Code)
+		}
+	}
+}
+
+func TestStatusCodeTable(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		code   codes.Code
+		back   int
+	}{
+		{400, codes.InvalidArgument, 400}, {403, codes.PermissionDenied, 403}, {404, codes.NotFound, 404},
+		{501, codes.Unimplemented, 501}, {502, codes.Unavailable, 503}, {503, codes.Unavailable, 503},
+		{504, codes.DeadlineExceeded, 504}, {499, codes.Canceled, 499}, {500, codes.Internal, 500},
+	} {
+		if got := grpcCode(tt.status); got != tt.code {
+			t.Errorf("grpcCode(%d) = %v, want %v", tt.status, got, tt.code)
+		}
+		if got := httpStatus(tt.code); got != tt.back {
+			t.Errorf("httpStatus(%v) = %d, want %d", tt.code, got, tt.back)
 		}
 	}
 }

@@ -94,26 +94,40 @@ func writeProblem(w http.ResponseWriter, p problem) {
 	_ = json.NewEncoder(w).Encode(p)
 }
 
-// grpcCode is the ttrpc face of the same table: kata-agent and CDH clients
-// branch on codes, and the cause goes in the message.
+// statusCodes is the ttrpc face of the same table: kata-agent and CDH
+// clients branch on codes, and the cause goes in the message. The first
+// entry for a code is the HTTP status it maps back to (api-server-rest
+// forwarding a CDH answer).
+var statusCodes = []struct {
+	http int
+	code codes.Code
+}{
+	{http.StatusBadRequest, codes.InvalidArgument},
+	{http.StatusForbidden, codes.PermissionDenied},
+	{http.StatusNotFound, codes.NotFound},
+	{http.StatusNotImplemented, codes.Unimplemented},
+	{http.StatusServiceUnavailable, codes.Unavailable},
+	{http.StatusBadGateway, codes.Unavailable},
+	{http.StatusGatewayTimeout, codes.DeadlineExceeded},
+	{499, codes.Canceled},
+}
+
 func grpcCode(status int) codes.Code {
-	switch status {
-	case http.StatusBadRequest:
-		return codes.InvalidArgument
-	case http.StatusForbidden:
-		return codes.PermissionDenied
-	case http.StatusNotFound:
-		return codes.NotFound
-	case http.StatusNotImplemented:
-		return codes.Unimplemented
-	case http.StatusBadGateway, http.StatusServiceUnavailable:
-		return codes.Unavailable
-	case http.StatusGatewayTimeout:
-		return codes.DeadlineExceeded
-	case 499:
-		return codes.Canceled
+	for _, m := range statusCodes {
+		if m.http == status {
+			return m.code
+		}
 	}
 	return codes.Internal
+}
+
+func httpStatus(code codes.Code) int {
+	for _, m := range statusCodes {
+		if m.code == code {
+			return m.http
+		}
+	}
+	return http.StatusInternalServerError
 }
 
 // toStatus converts err for a ttrpc answer.
@@ -142,22 +156,5 @@ func unavailable(what string, err error) error {
 // fromStatus maps a ttrpc status back to an HTTP status.
 func fromStatus(err error) error {
 	st, _ := status.FromError(err)
-	code := http.StatusInternalServerError
-	switch st.Code() {
-	case codes.InvalidArgument:
-		code = http.StatusBadRequest
-	case codes.PermissionDenied:
-		code = http.StatusForbidden
-	case codes.NotFound:
-		code = http.StatusNotFound
-	case codes.Unimplemented:
-		code = http.StatusNotImplemented
-	case codes.Unavailable:
-		code = http.StatusServiceUnavailable
-	case codes.DeadlineExceeded:
-		code = http.StatusGatewayTimeout
-	case codes.Canceled:
-		code = 499
-	}
-	return &remoteError{status: code, msg: st.Message()}
+	return &remoteError{status: httpStatus(st.Code()), msg: st.Message()}
 }

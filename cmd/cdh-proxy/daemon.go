@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 
+	"github.com/cdh-proxy/cdh-proxy/attester"
 	"github.com/cdh-proxy/cdh-proxy/attester/detect"
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/config"
@@ -31,24 +32,9 @@ type parts struct {
 // Sockets and listeners are bound before anything talks to the KBS, so kata's
 // socket wait never depends on the KBS.
 func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logger) error {
-	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
+	att, kbs, err := newKBSClient(cfg, log)
 	if err != nil {
 		return err
-	}
-	att, err := detect.New(cfg.Attester, env)
-	if err != nil {
-		return configError{err}
-	}
-	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
-	if err != nil {
-		return configError{err}
-	}
-	kbs, err := kbsclient.New(kbsclient.Config{
-		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
-		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
-	})
-	if err != nil {
-		return configError{err}
 	}
 	defer kbs.Close()
 	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem,
@@ -136,6 +122,31 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	sweep := max(cfg.CacheTTL, time.Second)
 	runners = append(runners, func(ctx context.Context) error { return c.Run(ctx, sweep) })
 	return runAll(ctx, runners)
+}
+
+// newKBSClient builds the attester and the KBS client from cfg: the one
+// place serve, the drop-ins and get do it.
+func newKBSClient(cfg *config.Config, log *slog.Logger) (attester.Attester, *kbsclient.Client, error) {
+	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
+	if err != nil {
+		return nil, nil, err
+	}
+	att, err := detect.New(cfg.Attester, env)
+	if err != nil {
+		return nil, nil, configError{err}
+	}
+	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
+	if err != nil {
+		return nil, nil, configError{err}
+	}
+	kbs, err := kbsclient.New(kbsclient.Config{
+		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
+		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
+	})
+	if err != nil {
+		return nil, nil, configError{err}
+	}
+	return att, kbs, nil
 }
 
 // runAll runs every runner; the first error cancels the rest (cf. SPIRE's

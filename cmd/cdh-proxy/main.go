@@ -45,8 +45,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args, stderr)
 	case "evidence":
 		return evidence(args, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "cdh-proxy", version)
+	case "get":
+		return get(args, stdout, stderr)
+	case "version", "--version":
+		printVersion(stdout)
 		return 0
 	case "help":
 		usage(stdout)
@@ -59,6 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: cdh-proxy [serve] [flags]   serve secrets on 127.0.0.1:8006
+       cdh-proxy get [flags] <repo/type/tag | kbs:///…>      fetch one secret from the KBS to stdout
        cdh-proxy evidence [--attester …] [--runtime-data S]   print TEE evidence JSON
        cdh-proxy version
        cdh-proxy serve -h          list the serve flags

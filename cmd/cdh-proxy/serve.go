@@ -16,13 +16,27 @@ const drainTimeout = 10 * time.Second
 // exitConfig is the exit status for configuration errors (as sysexits EX_CONFIG).
 const exitConfig = 78
 
-func serveFlags(fs *flag.FlagSet) *config.Flags {
-	f := &config.Flags{}
+// kbsFlags registers what every KBS-talking command needs: where the KBS
+// is, how to trust it, how to attest, where the operators' files are.
+func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.StringVar(&f.KBSURL, "kbs-url", "", "KBS base URL, e.g. https://kbs.example:8080 (overrides AA_KBC_PARAMS and cdh.toml)")
 	fs.StringVar(&f.KBSCert, "kbs-cert", "", "PEM file with an extra root CA for the KBS")
-	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, [log] level)")
+	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, socket, [[credentials]], [log] level)")
+	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
 	fs.StringVar(&f.Attester, "attester", "auto", "evidence source: auto, tdx, snp, or sample (development only)")
 	fs.StringVar(&f.KeyAlgorithm, "tee-key-alg", "", "ephemeral TEE key: ECDH-ES+A256KW-P256 (default), ECDH-ES+A256KW-P521, RSA-OAEP-256")
+	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
+	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default: initdata.toml in --initdata-dir when it exists)")
+	fs.StringVar(&f.InitDataDir, "initdata-dir", "", "where kata writes initdata.toml, cdh.toml, aa.toml; used when -c, --aa-config, --initdata are not given (default "+config.DefaultInitDataDir+"; - for none)")
+	fs.StringVar(&f.Cmdline, "cmdline", "", "kernel command line to read agent.aa_kbc_params and cdh.kbs_resources from (default /proc/cmdline; - for none)")
+	fs.DurationVar(&f.Budget, "budget", 0, "total time for one request, attestation included (default 30s)")
+	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
+	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")
+}
+
+func serveFlags(fs *flag.FlagSet) *config.Flags {
+	f := &config.Flags{}
+	kbsFlags(fs, f)
 	fs.StringVar(&f.Bind, "bind", "", "HTTP listen address (default "+config.DefaultBind+")")
 	fs.Func("cache-ttl", "how long a fetched secret is served from memory; 0 disables caching (default 60s). Rotated secrets reach workloads within this time", func(s string) error {
 		d, err := time.ParseDuration(s)
@@ -33,17 +47,9 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.Int64Var(&f.CacheMaxItem, "cache-max-entry", 0, "largest secret that is cached; larger ones are served uncached (default 1 MiB)")
 	fs.DurationVar(&f.StaleIfError, "stale-if-error", 0, "when the KBS fails, serve the last good copy up to this long past its TTL, marked X-Cache: STALE (default off; never after a policy denial or 404)")
 	fs.StringVar(&f.RequireHeader, "require-header", "", "refuse HTTP requests without this header (e.g. X-CDH-Request), like Vault's X-Vault-Request: anti-SSRF")
-	fs.DurationVar(&f.Budget, "budget", 0, "total time for one request, attestation included (default 30s)")
-	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
-	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")
-	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence) or all")
-	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
-	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default: initdata.toml in --initdata-dir when it exists)")
-	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
+	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence, /aa/token) or all")
 	fs.Func("cdh-socket", "also serve the CDH ttrpc API on this socket, e.g. "+config.DefaultCDHSocket+" (default: cdh.toml socket if -c, else off)", func(s string) error { f.CDHSocket = &s; return nil })
 	fs.Func("aa-socket", "also serve the AA ttrpc API on this socket, e.g. "+config.DefaultAASocket+" (default off)", func(s string) error { f.AASocket = &s; return nil })
-	fs.StringVar(&f.InitDataDir, "initdata-dir", "", "where kata writes initdata.toml, cdh.toml, aa.toml; used when -c, --aa-config, --initdata are not given (default "+config.DefaultInitDataDir+"; - for none)")
-	fs.StringVar(&f.Cmdline, "cmdline", "", "kernel command line to read agent.aa_kbc_params and cdh.kbs_resources from (default /proc/cmdline; - for none)")
 	return f
 }
 

@@ -152,6 +152,16 @@ func (c *Client) HasToken() bool {
 	return c.cur.usable(c.cfg.Now())
 }
 
+// TokenExpiry is when the held token expires (local clock), zero when none.
+func (c *Client) TokenExpiry() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return time.Time{}
+	}
+	return c.cur.expires
+}
+
 // Resource fetches and decrypts one resource. Transient failures (KBS
 // unreachable, 5xx, a failed handshake) are retried with capped, jittered
 // exponential backoff, at most MaxRetries times and never past ctx: this is

@@ -50,12 +50,11 @@ func (h *handler) evidence(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, badRequest(err.Error()))
 			return
 		}
-		h.log.Warn("evidence failed", "err", err)
 		prob := classify(err)
 		if prob.Status == http.StatusInternalServerError {
 			prob = problem{Type: "urn:cdh-proxy:evidence-failed", Title: "Service Unavailable", Status: http.StatusServiceUnavailable, Detail: err.Error()}
 		}
-		writeProblem(w, prob)
+		h.fail(w, r, "evidence", prob, "err", err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -103,8 +102,7 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	b, err := tokenJSON(ctx, h.cfg.Token)
 	if err != nil {
-		h.log.Warn("token failed", "err", err)
-		writeProblem(w, classify(err))
+		h.fail(w, r, "token", classify(err), "err", err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

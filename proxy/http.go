@@ -37,8 +37,8 @@ type Config struct {
 	// attestation is enabled.
 	Evidence EvidenceFunc
 	Token    TokenFunc
-	// Metrics, when set, is served at /metrics.
-	Metrics http.Handler
+	// Metrics, when set, counts requests and is served at /metrics.
+	Metrics *Metrics
 	// RequireHeader, when set, must be present on every request (anti-SSRF).
 	RequireHeader string
 }
@@ -85,7 +85,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", h.readyz)
 	if cfg.Metrics != nil {
-		r.Handle("/metrics", cfg.Metrics)
+		r.Handle("/metrics", cfg.Metrics.Handler())
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: "urn:cdh-proxy:not-found", Title: "Not Found", Status: http.StatusNotFound,
@@ -126,13 +126,14 @@ func (h *handler) resource(w http.ResponseWriter, r *http.Request) {
 	escaped := strings.TrimPrefix(r.URL.EscapedPath(), "/cdh/resource/")
 	p, err := resource.ParseEscaped(escaped)
 	if err != nil {
-		writeProblem(w, classify(err))
+		h.fail(w, r, "resource", classify(err), "err", err)
 		return
 	}
 	refresh := noCache(r.Header)
 	if l, ok := h.cfg.Resources.(lookuper); ok && !refresh {
 		if v, meta, ok := l.Lookup(p); ok {
 			writeResource(w, r, v, meta)
+			h.cfg.Metrics.count("resource", http.StatusOK)
 			return
 		}
 	}
@@ -145,11 +146,21 @@ func (h *handler) resource(w http.ResponseWriter, r *http.Request) {
 		}
 		prob := classify(err)
 		prob.Resource = p.String()
-		h.log.Warn("resource request failed", "resource", p.String(), "status", prob.Status, "err", err)
-		writeProblem(w, prob)
+		h.fail(w, r, "resource", prob, "resource", p.String(), "err", err)
 		return
 	}
 	writeResource(w, r, v, meta)
+	h.cfg.Metrics.count("resource", http.StatusOK)
+}
+
+// fail answers with prob, logs it with a request ID (the caller's
+// X-Request-Id when it sent a sane one, else a fresh one) that the problem
+// body carries too, and counts it. Only error paths pay for this.
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, route string, prob problem, logArgs ...any) {
+	prob.RequestID = requestID(r)
+	h.log.Warn("request failed", append([]any{"route", route, "status", prob.Status, "request_id", prob.RequestID}, logArgs...)...)
+	writeProblem(w, prob)
+	h.cfg.Metrics.count(route, prob.Status)
 }
 
 // Header values shared by every response; net/http never mutates them, and

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -12,27 +14,66 @@ import (
 )
 
 // StatsSource is what /metrics reads at scrape time, so the request path
-// pays nothing for metrics.
+// pays nothing for most metrics.
 type StatsSource struct {
-	Cache func() cache.Stats
-	KBS   func() kbsclient.Stats
+	Cache       func() cache.Stats
+	KBS         func() kbsclient.Stats
+	TokenExpiry func() time.Time
 }
 
-// NewMetricsHandler returns a Prometheus text handler on its own registry
-// (no global state): Go runtime and process metrics plus cdh-proxy's
-// cache and KBS counters.
-func NewMetricsHandler(src StatsSource) (http.Handler, error) {
-	reg := prometheus.NewRegistry()
+// Metrics owns one Prometheus registry (no global state): Go runtime and
+// process metrics, cdh-proxy's cache and KBS counters read at scrape time,
+// HTTP requests by route and status, and KBS latency by step.
+type Metrics struct {
+	reg        *prometheus.Registry
+	requests   *prometheus.CounterVec
+	resourceOK prometheus.Counter // pre-resolved: the warm path only adds
+	kbs        *prometheus.HistogramVec
+}
+
+// NewMetrics builds the registry.
+func NewMetrics(src StatsSource) (*Metrics, error) {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cdh_proxy_http_requests_total", Help: "HTTP requests by route and status.",
+		}, []string{"route", "status"}),
+		kbs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "cdh_proxy_kbs_step_seconds", Help: "Time per KBS client step (keygen, auth, evidence, attest, resource, decrypt).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"step"}),
+	}
+	m.resourceOK = m.requests.WithLabelValues("resource", "200")
 	for _, c := range []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&statsCollector{src: src},
+		&statsCollector{src: src}, m.requests, m.kbs,
 	} {
-		if err := reg.Register(c); err != nil {
+		if err := m.reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), nil
+	return m, nil
+}
+
+// Handler serves the Prometheus text format.
+func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
+
+// ObserveKBS is a kbsclient Trace function.
+func (m *Metrics) ObserveKBS(step string, d time.Duration) {
+	m.kbs.WithLabelValues(step).Observe(d.Seconds())
+}
+
+// count records one answered request; nil-safe so handlers need no checks.
+func (m *Metrics) count(route string, status int) {
+	if m == nil {
+		return
+	}
+	if route == "resource" && status == http.StatusOK {
+		m.resourceOK.Inc()
+		return
+	}
+	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
 }
 
 var (
@@ -44,12 +85,13 @@ var (
 	descCacheBytes     = prometheus.NewDesc("cdh_proxy_cache_bytes", "Cached plaintext bytes.", nil, nil)
 	descAttestations   = prometheus.NewDesc("cdh_proxy_attestations_total", "RCAR handshakes, by result.", []string{"result"}, nil)
 	descKBSResources   = prometheus.NewDesc("cdh_proxy_kbs_resource_requests_total", "Resource GETs sent to the KBS.", nil, nil)
+	descTokenExpiry    = prometheus.NewDesc("cdh_proxy_token_expiry_timestamp_seconds", "When the held KBS token expires (Unix time; 0 when none).", nil, nil)
 )
 
 type statsCollector struct{ src StatsSource }
 
 func (s *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheFetches, descCacheEntries, descCacheBytes, descAttestations, descKBSResources} {
+	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheFetches, descCacheEntries, descCacheBytes, descAttestations, descKBSResources, descTokenExpiry} {
 		ch <- d
 	}
 }
@@ -70,5 +112,12 @@ func (s *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAttestations, prometheus.CounterValue, float64(k.Handshakes), "ok")
 		ch <- prometheus.MustNewConstMetric(descAttestations, prometheus.CounterValue, float64(k.HandshakeErrors), "error")
 		ch <- prometheus.MustNewConstMetric(descKBSResources, prometheus.CounterValue, float64(k.ResourceRequests))
+	}
+	if s.src.TokenExpiry != nil {
+		exp := 0.0
+		if t := s.src.TokenExpiry(); !t.IsZero() {
+			exp = float64(t.Unix())
+		}
+		ch <- prometheus.MustNewConstMetric(descTokenExpiry, prometheus.GaugeValue, exp)
 	}
 }

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
 
 	"encoding/json"
 	"errors"
@@ -23,6 +26,18 @@ type problem struct {
 	Resource  string `json:"resource,omitempty"`
 	KBSType   string `json:"kbs_type,omitempty"`
 	KBSDetail string `json:"kbs_detail,omitempty"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// requestID returns the caller's X-Request-Id if it is short and plain,
+// else a fresh random one: it ties a problem body to its log line.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 64 && strings.Trim(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == "" {
+		return id
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Errors the proxy itself raises.

@@ -32,16 +32,26 @@ type parts struct {
 // Sockets and listeners are bound before anything talks to the KBS, so kata's
 // socket wait never depends on the KBS.
 func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logger) error {
-	att, kbs, err := newKBSClient(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer kbs.Close()
 	c, err := cache.New(cache.Config{TTL: cfg.CacheTTL, MaxBytes: cfg.CacheMaxByte, MaxEntryBytes: cfg.CacheMaxItem,
 		FetchTimeout: cfg.Budget, StaleIfError: cfg.StaleIfError})
 	if err != nil {
 		return configError{err}
 	}
+	// The KBS client reports step latencies to the metrics, and the metrics
+	// read the client's counters at scrape time (only once serving starts,
+	// after kbs is set).
+	var kbs *kbsclient.Client
+	metrics, err := proxy.NewMetrics(proxy.StatsSource{
+		Cache: c.Stats, KBS: func() kbsclient.Stats { return kbs.Stats() }, TokenExpiry: func() time.Time { return kbs.TokenExpiry() },
+	})
+	if err != nil {
+		return err
+	}
+	att, kbs, err := newKBSClient(cfg, log, metrics.ObserveKBS)
+	if err != nil {
+		return err
+	}
+	defer kbs.Close()
 	res := &proxy.CachedResources{Cache: c, KBS: kbs}
 	var credsDone atomic.Bool
 	credsDone.Store(len(cfg.Credentials) == 0 || !p.cdh)
@@ -50,10 +60,6 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	var runners []func(context.Context) error
 	announce := func() {}
 	if p.http {
-		metrics, err := proxy.NewMetricsHandler(proxy.StatsSource{Cache: c.Stats, KBS: kbs.Stats})
-		if err != nil {
-			return err
-		}
 		h, err := proxy.NewHandler(proxy.Config{
 			Resources: res, Ready: ready, Budget: cfg.Budget, Logger: log,
 			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Metrics: metrics, RequireHeader: cfg.RequireHeader,
@@ -126,7 +132,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 
 // newKBSClient builds the attester and the KBS client from cfg: the one
 // place serve, the drop-ins and get do it.
-func newKBSClient(cfg *config.Config, log *slog.Logger) (attester.Attester, *kbsclient.Client, error) {
+func newKBSClient(cfg *config.Config, log *slog.Logger, trace func(string, time.Duration)) (attester.Attester, *kbsclient.Client, error) {
 	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
 	if err != nil {
 		return nil, nil, err
@@ -141,7 +147,7 @@ func newKBSClient(cfg *config.Config, log *slog.Logger) (attester.Attester, *kbs
 	}
 	kbs, err := kbsclient.New(kbsclient.Config{
 		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
-		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget,
+		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget, Trace: trace,
 	})
 	if err != nil {
 		return nil, nil, configError{err}

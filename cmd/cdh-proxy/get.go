@@ -64,7 +64,7 @@ exit status: 0 ok, 1 KBS/attestation failure, 2 usage, 3 policy denied, 4 not fo
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg)
-	_, kbs, err := newKBSClient(cfg, log)
+	_, kbs, err := newKBSClient(cfg, log, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "cdh-proxy get:", err)
 		return exitCode(err)

@@ -182,3 +182,54 @@ func TestSlowKBSDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("slow secret: %d %q", r.Status, r.Body)
 	}
 }
+
+// metric returns the value of one sample line of /metrics, e.g.
+// `cdh_proxy_http_requests_total{route="resource",status="200"}`.
+func metric(t *testing.T, p *proxyProc, sample string) float64 {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(p.get("/metrics").Body))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+func TestMetricsMove(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	waitUntil(t, 10*time.Second, "startup attestation", func() bool { return metric(t, p, `cdh_proxy_attestations_total{result="ok"}`) == 1 })
+	if exp := metric(t, p, "cdh_proxy_token_expiry_timestamp_seconds"); exp < float64(time.Now().Unix()) {
+		t.Fatalf("token expiry %v is not in the future", exp)
+	}
+	p.get(cocoOne) // miss
+	p.get(cocoOne) // hit
+	p.get("/cdh/resource/default/akv/nope")
+	p.get("/cdh/resource/default/../x")
+	for sample, want := range map[string]float64{
+		`cdh_proxy_http_requests_total{route="resource",status="200"}`: 2,
+		`cdh_proxy_http_requests_total{route="resource",status="404"}`: 1,
+		`cdh_proxy_http_requests_total{route="resource",status="400"}`: 1,
+		`cdh_proxy_cache_hits_total`:                                    1,
+		`cdh_proxy_cache_misses_total`:                                  2,
+		`cdh_proxy_cache_fetches_total{result="error"}`:                 1,
+		`cdh_proxy_cache_entries`:                                       1,
+		`cdh_proxy_attestations_total{result="ok"}`:                     1,
+		`cdh_proxy_kbs_resource_requests_total`:                         2,
+		`cdh_proxy_kbs_step_seconds_count{step="resource"}`:             2,
+		`cdh_proxy_kbs_step_seconds_count{step="attest"}`:               1,
+	} {
+		if got := metric(t, p, sample); got != want {
+			t.Errorf("%s = %v, want %v", sample, got, want)
+		}
+	}
+	r := p.get("/cdh/resource/default/akv/nope", "X-Request-Id", "req-42")
+	if !strings.Contains(r.Body, `"request_id":"req-42"`) || !strings.Contains(p.logs.String(), `"request_id":"req-42"`) {
+		t.Fatalf("request id not in body and log: %s", r.Body)
+	}
+}

@@ -11,7 +11,7 @@ FUZZ_TARGETS := ./resource:FuzzParseEscaped ./resource:FuzzValidSegment ./resour
 	./kbsclient:FuzzDecryptInput ./kbsclient:FuzzClassify ./kbsclient:FuzzTokenLifetime ./kbsclient:FuzzKBSResponses \
 	./sealed:FuzzParse ./config:FuzzParseCDH ./config:FuzzParseAA
 
-.PHONY: all build test lint vet fmt demo fuzz-short bench bench-short bench-tools soak generate clean
+.PHONY: all build test lint vet fmt demo fuzz-short bench bench-short bench-tools soak verify-deploy release generate clean
 
 all: build
 
@@ -27,6 +27,7 @@ test: lint
 	$(GO) test -race -count=1 $(PKGS)
 	$(MAKE) fuzz-short
 	$(MAKE) bench-short
+	$(MAKE) verify-deploy
 
 lint: vet fmt
 
@@ -61,9 +62,21 @@ bench-tools:
 soak: build
 	$(GO) run ./test/soak -requests 1000000
 
+## verify-deploy: deploy/systemd/cdh-proxy.service passes systemd-analyze verify.
+verify-deploy: build
+	./scripts/verify-deploy.sh
+
+## release: static linux/amd64 and linux/arm64 binaries with SHA-256 checksums in dist/.
+release:
+	rm -rf dist && mkdir -p dist
+	for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/cdh-proxy-linux-$$arch ./cmd/cdh-proxy || exit 1; \
+	done
+	cd dist && sha256sum cdh-proxy-linux-* > SHA256SUMS && cat SHA256SUMS
+
 ## generate: rebuild the committed protobuf/ttrpc code in api/ (needs protoc: apt-get install protobuf-compiler).
 generate:
 	./scripts/generate.sh
 
 clean:
-	rm -rf $(BIN) .demo
+	rm -rf $(BIN) .demo dist

@@ -42,6 +42,7 @@ type Config struct {
 	CacheMaxItem  int64
 	StaleIfError  time.Duration // serve the last good copy this long past its TTL when the KBS fails
 	RequireHeader string        // HTTP requests must carry this header (anti-SSRF); "" = off
+	MetricsBind   string        // extra listener serving only /metrics; "" = none
 	Budget        time.Duration
 	LogLevel      string
 	LogFormat     string // text | json
@@ -72,6 +73,7 @@ type Flags struct {
 	CacheMaxItem  int64
 	StaleIfError  time.Duration
 	RequireHeader string
+	MetricsBind   string
 	Budget        time.Duration
 	LogLevel      string
 	LogFormat     string
@@ -234,6 +236,7 @@ func Load(f Flags, env Env) (*Config, error) {
 	c.Budget = cmp.Or(f.Budget, c.Budget)
 	c.StaleIfError = f.StaleIfError
 	c.RequireHeader = http.CanonicalHeaderKey(f.RequireHeader)
+	c.MetricsBind = f.MetricsBind
 	if f.LogLevel != "" {
 		c.LogLevel = strings.ToLower(f.LogLevel)
 	}

@@ -81,6 +81,16 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		}
 		runners = append(runners, func(ctx context.Context) error { return proxy.Serve(ctx, ln, h, cfg.Budget, drainTimeout) })
 	}
+	if cfg.MetricsBind != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsBind)
+		if err != nil {
+			return fmt.Errorf("listen on --metrics-bind %s: %w", cfg.MetricsBind, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler())
+		log.Info("serving metrics", "addr", mln.Addr().String())
+		runners = append(runners, func(ctx context.Context) error { return proxy.Serve(ctx, mln, mux, cfg.Budget, drainTimeout) })
+	}
 	addSocket := func(name, uri string, register func(*ttrpc.Server) error) error {
 		srv, err := proxy.NewTTRPCServer()
 		if err != nil {

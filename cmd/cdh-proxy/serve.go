@@ -46,6 +46,7 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.Int64Var(&f.CacheMaxByte, "cache-max-bytes", 0, "bound on cached plaintext (default 64 MiB)")
 	fs.Int64Var(&f.CacheMaxItem, "cache-max-entry", 0, "largest secret that is cached; larger ones are served uncached (default 1 MiB)")
 	fs.DurationVar(&f.StaleIfError, "stale-if-error", 0, "when the KBS fails, serve the last good copy up to this long past its TTL, marked X-Cache: STALE (default off; never after a policy denial or 404)")
+	fs.StringVar(&f.MetricsBind, "metrics-bind", "", "also serve /metrics (only) on this address, e.g. 0.0.0.0:9106 for an in-cluster scraper; metrics hold no secrets")
 	fs.StringVar(&f.RequireHeader, "require-header", "", "refuse HTTP requests without this header (e.g. X-CDH-Request), like Vault's X-Vault-Request: anti-SSRF")
 	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence, /aa/token) or all")
 	fs.Func("cdh-socket", "also serve the CDH ttrpc API on this socket, e.g. "+config.DefaultCDHSocket+" (default: cdh.toml socket if -c, else off)", func(s string) error { f.CDHSocket = &s; return nil })

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
@@ -65,5 +68,28 @@ func TestVersionCommand(t *testing.T) {
 	out, _, code := runCLI(t, "version")
 	if code != 0 || !strings.HasPrefix(out, "cdh-proxy ") || !strings.Contains(out, "github.com/cdh-proxy/cdh-proxy") || !strings.Contains(out, "go go1.") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+func TestMetricsBind(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	p := startProxy(t, k, nil, "--kbs-url", k.URL, "--metrics-bind", "127.0.0.1:0")
+	var addr string
+	waitUntil(t, 5*time.Second, "metrics listener", func() bool {
+		for _, l := range strings.Split(p.logs.String(), "\n") {
+			if strings.Contains(l, `"msg":"serving metrics"`) {
+				var m struct{ Addr string }
+				_ = json.Unmarshal([]byte(l), &m)
+				addr = m.Addr
+			}
+		}
+		return addr != ""
+	})
+	r, err := doGet(context.Background(), "http://"+addr+"/metrics")
+	if err != nil || r.Status != 200 || !strings.Contains(r.Body, "cdh_proxy_cache_hits_total") {
+		t.Fatalf("metrics listener: %v %d", err, r.Status)
+	}
+	if r, _ := doGet(context.Background(), "http://"+addr+cocoOne); r.Status != 404 {
+		t.Fatalf("secrets on the metrics listener: %d", r.Status)
 	}
 }

@@ -215,14 +215,14 @@ func TestMetricsMove(t *testing.T) {
 		`cdh_proxy_http_requests_total{route="resource",status="200"}`: 2,
 		`cdh_proxy_http_requests_total{route="resource",status="404"}`: 1,
 		`cdh_proxy_http_requests_total{route="resource",status="400"}`: 1,
-		`cdh_proxy_cache_hits_total`:                                    1,
-		`cdh_proxy_cache_misses_total`:                                  2,
-		`cdh_proxy_cache_fetches_total{result="error"}`:                 1,
-		`cdh_proxy_cache_entries`:                                       1,
-		`cdh_proxy_attestations_total{result="ok"}`:                     1,
-		`cdh_proxy_kbs_resource_requests_total`:                         2,
-		`cdh_proxy_kbs_step_seconds_count{step="resource"}`:             2,
-		`cdh_proxy_kbs_step_seconds_count{step="attest"}`:               1,
+		`cdh_proxy_cache_hits_total`:                                   1,
+		`cdh_proxy_cache_misses_total`:                                 2,
+		`cdh_proxy_cache_fetches_total{result="error"}`:                1,
+		`cdh_proxy_cache_entries`:                                      1,
+		`cdh_proxy_attestations_total{result="ok"}`:                    1,
+		`cdh_proxy_kbs_resource_requests_total`:                        2,
+		`cdh_proxy_kbs_step_seconds_count{step="resource"}`:            2,
+		`cdh_proxy_kbs_step_seconds_count{step="attest"}`:              1,
 	} {
 		if got := metric(t, p, sample); got != want {
 			t.Errorf("%s = %v, want %v", sample, got, want)

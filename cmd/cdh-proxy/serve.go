@@ -54,15 +54,29 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	return f
 }
 
+const serveUsage = `usage: cdh-proxy serve [flags]
+
+Serve KBS secrets on 127.0.0.1:8006 (and, when asked, the CDH/AA ttrpc sockets).
+
+examples:
+  cdh-proxy serve --kbs-url https://kbs.example:8080 --kbs-cert /etc/kbs-ca.pem
+  cdh-proxy serve -c /run/confidential-containers/initdata/cdh.toml --cache-ttl 30s
+  cdh-proxy serve --config /etc/cdh-proxy.toml      # flag-name = value pairs
+  cdh-proxy serve --attester sample --kbs-url http://127.0.0.1:8080   # development only
+
+flags (each can also be set in the --config file; the command line wins):
+`
+
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cdh-proxy serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	f := serveFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+	fs.Usage = func() {
+		fmt.Fprint(stderr, serveUsage)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseWithFlagFile(fs, args); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "cdh-proxy serve: unexpected arguments %q\n", fs.Args())
@@ -87,4 +101,22 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// parseWithFlagFile parses args, then fills unset flags from --config.
+func parseWithFlagFile(fs *flag.FlagSet, args []string) (int, bool) {
+	cfgFile := fs.String("config", "", "file of flag-name = value pairs (TOML) for flags not given on the command line")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if *cfgFile != "" {
+		if err := config.ApplyFlagFile(fs, *cfgFile); err != nil {
+			fmt.Fprintln(fs.Output(), "cdh-proxy:", err)
+			return exitConfig, false
+		}
+	}
+	return 0, true
 }

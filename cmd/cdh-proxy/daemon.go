@@ -126,6 +126,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	}
 
 	announce()
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("sd_notify failed", "err", err)
+	}
 	// Background work, never blocking startup: attest, fetch credentials.
 	go func() { _ = kbs.Attest(ctx) }()
 	if p.cdh && len(cfg.Credentials) > 0 {

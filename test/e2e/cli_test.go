@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,5 +92,28 @@ func TestMetricsBind(t *testing.T) {
 	}
 	if r, _ := doGet(context.Background(), "http://"+addr+cocoOne); r.Status != 404 {
 		t.Fatalf("secrets on the metrics listener: %d", r.Status)
+	}
+}
+
+// With $NOTIFY_SOCKET (systemd Type=notify), READY=1 arrives once serving.
+func TestSdNotify(t *testing.T) {
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	k := newKBS(t, kbs.Config{})
+	startProxy(t, k, []string{"NOTIFY_SOCKET=" + sock}, "--kbs-url", k.URL)
+	buf := make([]byte, 64)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := conn.ReadFromUnix(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("notify: %q %v", buf[:n], err)
 	}
 }

@@ -408,7 +408,7 @@ func (b *bench) p5() error {
 	}
 	defer p.Stop(10 * time.Second)
 	time.Sleep(500 * time.Millisecond)
-	idle := rss(p.Cmd.Process.Pid)
+	idle := proc.RSS(p.Cmd.Process.Pid)
 	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 32, MaxIdleConnsPerHost: 32}}
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -432,7 +432,7 @@ func (b *bench) p5() error {
 	}
 	close(next)
 	wg.Wait()
-	loaded := rss(p.Cmd.Process.Pid)
+	loaded := proc.RSS(p.Cmd.Process.Pid)
 	nFailed := 0
 	failed.Range(func(any, any) bool { nFailed++; return true })
 	if nFailed > 0 {
@@ -457,21 +457,6 @@ func (b *bench) p5() error {
 	b.printf("| exec → listening | %s median (min %s, max %s) | %d runs: fork/exec until a TCP connect to --bind succeeds, KBS not contacted first |\n\n",
 		us(times[len(times)/2]), us(times[0]), us(times[len(times)-1]), starts)
 	return nil
-}
-
-func rss(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			var kb float64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:")), "%f", &kb)
-			return kb / 1024
-		}
-	}
-	return -1
 }
 
 // timeToListen measures exec until the port accepts, on a fixed free port.

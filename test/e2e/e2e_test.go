@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,9 +214,7 @@ type problemBody struct {
 }
 
 func TestErrorTable(t *testing.T) {
-	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadURL := "https://" + closed.Addr().String()
-	closed.Close()
+	deadURL := "https://" + deadAddr(t)
 
 	tests := []struct {
 		name       string
@@ -344,9 +341,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 }
 
 func TestStartupWithoutKBSAndReadiness(t *testing.T) {
-	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	url := "http://" + closed.Addr().String()
-	closed.Close()
+	url := "http://" + deadAddr(t)
 	start := time.Now()
 	p := startProxy(t, nil, nil, "--kbs-url", url)
 	if d := time.Since(start); d > 5*time.Second {

@@ -1,35 +1,26 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
 
 // goroutines reads go_goroutines from the proxy's /metrics.
 func goroutines(t *testing.T, p *proxyProc) int {
 	t.Helper()
 	r := p.get("/metrics")
-	sc := bufio.NewScanner(strings.NewReader(r.Body))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return int(n)
-		}
+	n, ok := proc.Sample(r.Body, "go_goroutines")
+	if !ok {
+		t.Fatalf("no go_goroutines in /metrics (%d): %.200s", r.Status, r.Body)
 	}
-	t.Fatalf("no go_goroutines in /metrics (%d): %.200s", r.Status, r.Body)
-	return 0
+	return int(n)
 }
 
 // The fault matrix (issue 6): each KBS fault through the real binary, with
@@ -38,9 +29,7 @@ func goroutines(t *testing.T, p *proxyProc) int {
 // the results.
 func TestFaultMatrix(t *testing.T) {
 	const budget = 2 * time.Second
-	closed, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadURL := "https://" + closed.Addr().String()
-	closed.Close()
+	deadURL := "https://" + deadAddr(t)
 
 	tests := []struct {
 		name       string
@@ -183,21 +172,12 @@ func TestSlowKBSDoesNotBlockOthers(t *testing.T) {
 	}
 }
 
-// metric returns the value of one sample line of /metrics, e.g.
-// `cdh_proxy_http_requests_total{route="resource",status="200"}`.
+// metric returns the value of one sample line of /metrics (0 when absent),
+// e.g. `cdh_proxy_http_requests_total{route="resource",status="200"}`.
 func metric(t *testing.T, p *proxyProc, sample string) float64 {
 	t.Helper()
-	sc := bufio.NewScanner(strings.NewReader(p.get("/metrics").Body))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	return 0
+	v, _ := proc.Sample(p.get("/metrics").Body, sample)
+	return v
 }
 
 func TestMetricsMove(t *testing.T) {

@@ -5,7 +5,6 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -106,7 +104,7 @@ func run(bin string, total, conns int) error {
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	sample := func() {
-		fmt.Printf("| %.0f | %d | %.1f | %d |\n", time.Since(start).Seconds(), min(sent.Load(), int64(total)), rss(p.Cmd.Process.Pid), goroutines(base))
+		fmt.Printf("| %.0f | %d | %.1f | %d |\n", time.Since(start).Seconds(), min(sent.Load(), int64(total)), proc.RSS(p.Cmd.Process.Pid), goroutines(base))
 	}
 	sample()
 	for loop := true; loop; {
@@ -128,29 +126,20 @@ func run(bin string, total, conns int) error {
 	return nil
 }
 
-func rss(pid int) float64 {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return -1
-}
-
+// goroutines reads go_goroutines from /metrics, -1 when unavailable.
 func goroutines(base string) int {
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
 		return -1
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int(n)
-		}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
 	}
-	return -1
+	n, ok := proc.Sample(string(body), "go_goroutines")
+	if !ok {
+		return -1
+	}
+	return int(n)
 }

@@ -121,6 +121,7 @@ func TestTokenExpiryReattestsWithoutFailure(t *testing.T) {
 	if c := k.Counts(); c.Handshakes < 2 {
 		t.Fatalf("handshakes = %d over 5 s of 2 s tokens, want ≥ 2", c.Handshakes)
 	}
+	p.stop() // after exit every log line has reached the buffer
 	if strings.Contains(p.logs.String(), "TokenVerifierError") {
 		t.Fatalf("an expired token reached the KBS; refresh must come first:\n%s", p.logs)
 	}

@@ -11,7 +11,7 @@ FUZZ_TARGETS := ./resource:FuzzParseEscaped ./resource:FuzzValidSegment ./resour
 	./kbsclient:FuzzDecryptInput ./kbsclient:FuzzClassify ./kbsclient:FuzzTokenLifetime ./kbsclient:FuzzKBSResponses \
 	./sealed:FuzzParse ./config:FuzzParseCDH ./config:FuzzParseAA
 
-.PHONY: all build test lint vet fmt demo fuzz-short bench bench-short bench-tools soak verify-deploy release generate clean
+.PHONY: all build test lint vet fmt demo fuzz-short bench bench-short bench-tools soak verify-deploy release image generate clean
 
 all: build
 
@@ -65,6 +65,11 @@ soak: build
 ## verify-deploy: deploy/systemd/cdh-proxy.service passes systemd-analyze verify.
 verify-deploy: build
 	./scripts/verify-deploy.sh
+
+## image: the sidecar image (needs a running Docker daemon).
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker daemon reachable (docker info failed)" >&2; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t cdh-proxy:$(VERSION) .
 
 ## release: static linux/amd64 and linux/arm64 binaries with SHA-256 checksums in dist/.
 release:

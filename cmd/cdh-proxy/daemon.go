@@ -214,6 +214,9 @@ func runForwarder(ctx context.Context, bind, features, cdhAddr, aaAddr string, l
 		return fmt.Errorf("listen on %s: %w", bind, err)
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "mode", "api-server-rest (forwarding)", "cdh_addr", cdhAddr, "aa_addr", aaAddr, "features", features)
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("sd_notify failed", "err", err)
+	}
 	err = proxy.Serve(ctx, ln, h, proxy.DefaultBudget, drainTimeout)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -95,25 +96,47 @@ func TestMetricsBind(t *testing.T) {
 	}
 }
 
-// With $NOTIFY_SOCKET (systemd Type=notify), READY=1 arrives once serving.
+// With $NOTIFY_SOCKET (systemd Type=notify), READY=1 arrives once serving —
+// from `serve` and from each drop-in name, which the guest-components unit
+// drop-ins in deploy/systemd turn into Type=notify services.
 func TestSdNotify(t *testing.T) {
-	dir, err := os.MkdirTemp("", "sdn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	k := newKBS(t, kbs.Config{})
-	startProxy(t, k, []string{"NOTIFY_SOCKET=" + sock}, "--kbs-url", k.URL)
-	buf := make([]byte, 64)
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, _, err := conn.ReadFromUnix(buf)
-	if err != nil || string(buf[:n]) != "READY=1" {
-		t.Fatalf("notify: %q %v", buf[:n], err)
+	dir, cdhSock, aaSock := sockets(t)
+	for _, name := range []string{"confidential-data-hub", "attestation-agent", "api-server-rest"} {
+		if err := os.Symlink(proxyBin, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"CDH_PROXY_CMDLINE=-", "CDH_PROXY_LOG_FORMAT=json", "AA_KBC_PARAMS=cc_kbc::" + k.URL}
+	for _, tc := range []struct {
+		name  string
+		start func(env []string)
+	}{
+		{"serve", func(env []string) { startProxy(t, k, env, "--kbs-url", k.URL) }},
+		{"attestation-agent", func(env []string) {
+			startDropIn(t, filepath.Join(dir, "attestation-agent"), env, "--attestation_sock", "unix://"+aaSock, "--cdh-proxy-attester", "sample")
+		}},
+		{"confidential-data-hub", func(env []string) {
+			cdhToml := filepath.Join(dir, "cdh.toml")
+			mustWrite(t, cdhToml, fmt.Sprintf("socket = %q\n[kbc]\nname = \"cc_kbc\"\nurl = %q\n", "unix://"+cdhSock, k.URL))
+			startDropIn(t, filepath.Join(dir, "confidential-data-hub"), env, "-c", cdhToml, "--cdh-proxy-attester", "sample")
+		}},
+		{"api-server-rest", func(env []string) {
+			startProxyProc(t, filepath.Join(dir, "api-server-rest"), env, "-b", "127.0.0.1:0", "--cdh_addr", "unix://"+cdhSock, "--aa_addr", "unix://"+aaSock)
+		}},
+	} {
+		sock := filepath.Join(dir, "notify-"+tc.name)
+		conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.start(append(env, "NOTIFY_SOCKET="+sock))
+		buf := make([]byte, 64)
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, _, err := conn.ReadFromUnix(buf)
+		conn.Close()
+		if err != nil || string(buf[:n]) != "READY=1" {
+			t.Errorf("%s: notify %q %v", tc.name, buf[:n], err)
+		}
 	}
 }

@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 )
 
 // shellBlocks returns the ```sh blocks of a Markdown file, in order.
@@ -52,4 +56,168 @@ func TestDocsQuickstart(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// docBlock says how to run one README shell block here and what it must
+// print. Blocks that start the long suites (make test, bench, soak, fuzz) are
+// dry-run with make -n: CI itself is `make test`, and they have their own
+// runs; every other command runs as written, with the install prefix moved to
+// a temporary directory and `cdh-proxy` running over simulated SEV-SNP.
+type docBlock struct {
+	match string // a line the block contains
+	check func(t *testing.T, out string, prefix string)
+}
+
+var readmeBlocks = []docBlock{
+	{"make demo", func(t *testing.T, out, _ string) {
+		for _, want := range []string{"==> demo OK: the workload got 'a secret'", "go test"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("make demo / make -n test: output lacks %q", want)
+			}
+		}
+	}},
+	{"install -m 0755 bin/cdh-proxy /usr/local/bin/cdh-proxy", func(t *testing.T, _, prefix string) {
+		for _, n := range []string{"attestation-agent", "confidential-data-hub", "api-server-rest"} {
+			if target, err := os.Readlink(filepath.Join(prefix, n)); err != nil || target != "cdh-proxy" {
+				t.Errorf("%s -> %q (%v)", n, target, err)
+			}
+		}
+		out, err := exec.Command(filepath.Join(prefix, "cdh-proxy"), "version").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "cdh-proxy") {
+			t.Errorf("installed binary: %v %s", err, out)
+		}
+	}},
+	{"cdh-proxy evidence --attester snp --runtime-data hello", func(t *testing.T, out, _ string) {
+		if n := strings.Count(out, `"attestation_report":{`); n != 3 {
+			t.Errorf("%d evidence documents, want 3:\n%s", n, out)
+		}
+		// "hello" as runtime data, raw and base64, zero-padded to 64 bytes.
+		if n := strings.Count(out, `"report_data":[104,101,108,108,111,0,`); n != 2 {
+			t.Errorf("report_data holds hello %d times, want 2", n)
+		}
+	}},
+	{"make build", func(t *testing.T, out, _ string) {
+		root, _ := filepath.Abs("../..")
+		for _, b := range []string{"cdh-proxy", "testkbs", "fetch", "baseline"} {
+			if _, err := os.Stat(filepath.Join(root, "bin", b)); err != nil {
+				t.Errorf("make build: %v", err)
+			}
+		}
+		for _, want := range []string{"test/bench", "go vet", "fuzz", "test/soak", "make test"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("dry runs lack %q:\n%s", want, out)
+			}
+		}
+	}},
+}
+
+var (
+	longTarget   = regexp.MustCompile(`(?m)^make (test|bench|lint|fuzz-short|soak)\b`)
+	ciRun        = regexp.MustCompile(`(?m)^bash \.ci/run\b`)
+	cdhProxyLine = regexp.MustCompile(`(?m)^cdh-proxy `)
+	flagName     = regexp.MustCompile(`(?:^|[\s\x60\[(|])--?([a-z][a-z0-9_-]+)`)
+)
+
+// TestReadmeShellBlocks runs every shell block of the README as a newcomer
+// would, and fails on a block it does not know how to run, so the README
+// cannot gain an untested command.
+func TestReadmeShellBlocks(t *testing.T) {
+	root, _ := filepath.Abs("../..")
+	blocks := shellBlocks(t, "../../README.md")
+	seen := map[string]bool{}
+	for i, block := range blocks {
+		var h *docBlock
+		for j := range readmeBlocks {
+			if strings.Contains(block, readmeBlocks[j].match) {
+				h = &readmeBlocks[j]
+			}
+		}
+		if h == nil {
+			t.Errorf("README shell block %d is unknown to this test; teach readmeBlocks to run it:\n%s", i, block)
+			continue
+		}
+		seen[h.match] = true
+		script := longTarget.ReplaceAllString(block, "make -n $1")
+		script = ciRun.ReplaceAllString(script, "bash -n .ci/run && cat .ci/run #")
+		script = cdhProxyLine.ReplaceAllLiteralString(script, `"$CDH_PROXY" `)
+		prefix := t.TempDir()
+		script = strings.ReplaceAll(script, "/usr/local/bin", prefix)
+
+		hw, err := fakehw.NewSNP("Milan")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hwDir := t.TempDir()
+		if err := hw.Save(hwDir); err != nil {
+			t.Fatal(err)
+		}
+		port := freePort(t)
+		cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+script)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CDH_PROXY="+fakeProxyBin,
+			"DEMO_BIND=127.0.0.1:"+port, "DEMO_DIR="+t.TempDir())
+		cmd.Env = append(cmd.Env, fakeEnv("snp", hwDir)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("README block %d failed: %v\n--- script\n%s--- output\n%s", i, err, script, out)
+			continue
+		}
+		h.check(t, string(out), prefix)
+	}
+	for _, h := range readmeBlocks {
+		if !seen[h.match] {
+			t.Errorf("no README block runs %q any more: update readmeBlocks", h.match)
+		}
+	}
+}
+
+// TestReadmeFlagsExist checks that every flag the README's synopses and
+// flag table name is one the binaries accept.
+func TestReadmeFlagsExist(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	help := func(args ...string) string {
+		out, _ := exec.Command(args[0], args[1:]...).CombinedOutput()
+		return string(out)
+	}
+	root, _ := filepath.Abs("../..")
+	serveHelp := help(proxyBin, "serve", "-h")
+	kbsHelp := help("go", "run", filepath.Join(root, "test/cmd/testkbs"), "-h")
+	checked := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		var helpText, what string
+		switch {
+		case strings.HasPrefix(line, "cdh-proxy serve "), strings.HasPrefix(line, "| `--"):
+			helpText, what = serveHelp, "cdh-proxy serve"
+		case strings.HasPrefix(line, "bin/testkbs "):
+			helpText, what = kbsHelp, "bin/testkbs"
+		default:
+			continue
+		}
+		if strings.HasPrefix(line, "| ") { // a table row: only its first column
+			line = strings.SplitN(line[1:], "|", 2)[0]
+		}
+		for _, m := range flagName.FindAllStringSubmatch(line, -1) {
+			checked++
+			if !strings.Contains(helpText, "\n  -"+m[1]+" ") && !strings.Contains(helpText, "\n  -"+m[1]+"\n") {
+				t.Errorf("README names %s flag --%s, which %s -h does not list", what, m[1], what)
+			}
+		}
+	}
+	if checked < 20 {
+		t.Fatalf("checked only %d flags: the README's synopsis or table moved", checked)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
 }

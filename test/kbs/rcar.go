@@ -15,6 +15,8 @@ import (
 	"slices"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 )
 
 const cookieName = "kbs-session-id"
@@ -279,6 +281,8 @@ func (s *Server) verifyEvidence(tee string, primary json.RawMessage, digest, ini
 		return verifyTDX(primary, digest, initDigest, s.cfg.TDXRoots, s.cfg.Now())
 	case "snp":
 		return verifySNP(primary, digest, initDigest, s.cfg.SNPRoots, s.cfg.Now())
+	case azure.TeeSNP, azure.TeeTDX:
+		return verifyAzure(tee, primary, digest, initDigest, s.cfg.SNPRoots, s.cfg.TDXRoots, s.cfg.Now())
 	case "sample":
 		var ev struct {
 			SVN        *string `json:"svn"`

@@ -31,6 +31,7 @@ type SNP struct {
 	HostData [32]byte
 
 	ark, ask  *x509.Certificate
+	vcekCert  *x509.Certificate
 	vcek      *ecdsa.PrivateKey
 	certTable []byte
 	chipID    [64]byte
@@ -59,7 +60,7 @@ func NewSNP(product string) (*SNP, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &SNP{Product: product, Version: 3, ark: signer.Ark, ask: signer.Ask, vcek: signer.Keys.Vcek, certTable: table, chipID: signer.HWID}
+	s := &SNP{Product: product, Version: 3, ark: signer.Ark, ask: signer.Ask, vcekCert: signer.Vcek, vcek: signer.Keys.Vcek, certTable: table, chipID: signer.HWID}
 	return s, nil
 }
 
@@ -70,6 +71,9 @@ func (s *SNP) TrustedRoots() map[string][]*trust.AMDRootCerts {
 		ProductCerts: &trust.ProductCerts{Ark: s.ark, Ask: s.ask},
 	}}}
 }
+
+// VCEKDER is the platform's VCEK certificate (in-process simulators only).
+func (s *SNP) VCEKDER() []byte { return s.vcekCert.Raw }
 
 // Calls counts Report calls.
 func (s *SNP) Calls() int {

@@ -34,7 +34,7 @@ type Config struct {
 	KBSURL        string
 	KBSURLSource  string   // where KBSURL came from, for messages
 	KBSCerts      [][]byte // extra PEM roots for the KBS connection
-	Attester      string   // auto | sample (tdx, snp: issue 4)
+	Attester      string   // auto | tdx | snp | az-snp-vtpm | az-tdx-vtpm | sample
 	KeyAlgorithm  string   // kbsclient.ParseKeyAlgorithm names
 	Bind          string
 	CacheTTL      time.Duration
@@ -48,12 +48,16 @@ type Config struct {
 	LogFormat     string // text | json
 	Features      string // resource | attestation | all (ASR --features)
 	TDXEventLog   string // CCEL path sent as cc_eventlog; "" sends null
-	InitDataPath  string // "" when none
-	InitData      []byte // exact initdata TOML bytes
-	CDHSocket     string // unix:// URI to serve CDH on; "" = not served
-	AASocket      string // unix:// URI to serve AA on; "" = not served
-	Credentials   []Credential
-	CredDir       string
+	TPM           string // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
+	AzureIMDS     string // Azure metadata service base URL; "" = http://169.254.169.254
+	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20).
+	AzureEvidenceVersion int
+	InitDataPath         string // "" when none
+	InitData             []byte // exact initdata TOML bytes
+	CDHSocket            string // unix:// URI to serve CDH on; "" = not served
+	AASocket             string // unix:// URI to serve AA on; "" = not served
+	Credentials          []Credential
+	CredDir              string
 	// SkipSealedSecretVerification: cdh.toml key or SKIP_SEALED_SECRET_VERIFICATION=true.
 	SkipSealedSecretVerification bool
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
@@ -79,6 +83,10 @@ type Flags struct {
 	LogFormat     string
 	Features      string
 	TDXEventLog   string
+	TPM           string
+	AzureIMDS     string
+	// AzureEvidenceVersion: 0 means 2.
+	AzureEvidenceVersion int
 	// InitData is an initdata TOML path; "" uses DefaultInitDataPath when it exists.
 	InitData string
 	// AAConfigFile is aa.toml.
@@ -255,6 +263,8 @@ func Load(f Flags, env Env) (*Config, error) {
 		}
 	}
 	c.TDXEventLog = f.TDXEventLog
+	c.TPM, c.AzureIMDS = f.TPM, f.AzureIMDS
+	c.AzureEvidenceVersion = cmp.Or(f.AzureEvidenceVersion, 2)
 	c.InitDataPath = f.InitData
 	if c.InitDataPath != "" {
 		data, err := LoadInitData(c.InitDataPath)
@@ -278,9 +288,12 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("KBS URL %q (from %s): want http(s)://host[:port]", c.KBSURL, c.KBSURLSource))
 	}
 	switch c.Attester {
-	case "auto", "sample", "tdx", "snp":
+	case "auto", "sample", "tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm":
 	default:
-		errs = append(errs, fmt.Errorf("attester %q: want auto, tdx, snp or sample", c.Attester))
+		errs = append(errs, fmt.Errorf("attester %q: want auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm or sample", c.Attester))
+	}
+	if c.AzureEvidenceVersion != 1 && c.AzureEvidenceVersion != 2 {
+		errs = append(errs, fmt.Errorf("Azure evidence version %d: want 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20)", c.AzureEvidenceVersion))
 	}
 	if c.CacheTTL < 0 || c.StaleIfError < 0 {
 		errs = append(errs, errors.New("cache TTL and stale-if-error must not be negative"))

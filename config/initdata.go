@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"crypto/sha512"
 	"fmt"
 	"os"
 
@@ -53,4 +55,27 @@ func ParseInitData(name string, data []byte) error {
 		}
 	}
 	return nil
+}
+
+// InitDataDigest is the digest the verifier expects bound into the TEE
+// evidence: the initdata's algorithm over its exact bytes.
+func InitDataDigest(data []byte) (algorithm string, digest []byte, err error) {
+	var doc struct {
+		Algorithm string `toml:"algorithm"`
+	}
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		return "", nil, fmt.Errorf("initdata: %w", err)
+	}
+	switch doc.Algorithm {
+	case "sha256":
+		h := sha256.Sum256(data)
+		return doc.Algorithm, h[:], nil
+	case "sha384":
+		h := sha512.Sum384(data)
+		return doc.Algorithm, h[:], nil
+	case "sha512":
+		h := sha512.Sum512(data)
+		return doc.Algorithm, h[:], nil
+	}
+	return "", nil, fmt.Errorf("initdata: algorithm %q, want sha256, sha384 or sha512", doc.Algorithm)
 }

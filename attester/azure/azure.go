@@ -214,12 +214,15 @@ func (d *Device) freshReport(ctx context.Context, t transport.TPM, rd []byte) (*
 	}
 }
 
+// ErrInitDataAlgorithm means the initdata does not use sha256.
+var ErrInitDataAlgorithm = errors.New("Azure vTPM attesters bind init-data through PCR8 (SHA-256), so initdata must say algorithm = \"sha256\"")
+
 // BindInitData measures the init-data digest into PCR8, which the verifier
 // compares with SHA-256(32 zero bytes ‖ digest). Azure's vTPM measures
 // SHA-256 only, so the initdata algorithm must be sha256.
 func (a *Attester) BindInitData(ctx context.Context, algorithm string, digest []byte) (extended bool, err error) {
 	if algorithm != "sha256" || len(digest) != 32 {
-		return false, fmt.Errorf("initdata algorithm %q: %s binds init-data through PCR8 (SHA-256), so initdata must say algorithm = \"sha256\"", algorithm, a.tee)
+		return false, fmt.Errorf("initdata algorithm %q: %w", algorithm, ErrInitDataAlgorithm)
 	}
 	if err := ctx.Err(); err != nil {
 		return false, err

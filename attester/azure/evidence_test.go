@@ -83,7 +83,9 @@ func TestParseEvidenceRejects(t *testing.T) {
 func TestParseHCLReportRejects(t *testing.T) {
 	good := make([]byte, 2048)
 	copy(good, "HCLA")
-	le := func(o int, v uint32) { good[o], good[o+1], good[o+2], good[o+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24) }
+	le := func(o int, v uint32) {
+		good[o], good[o+1], good[o+2], good[o+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
 	le(claimsOffset+8, reportTypeSNP)
 	le(claimsOffset+12, hashTypeSHA256)
 	le(claimsOffset+16, 10)

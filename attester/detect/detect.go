@@ -1,10 +1,12 @@
 // Package detect finds the TEE this guest runs on and builds its attester:
-// TDX first, then SEV-SNP, each through configfs-tsm when its provider is
-// there and through the device node otherwise. The sample attester is only
-// ever built when asked for by name.
+// configfs-tsm first (TDX or SEV-SNP by its provider), then an Azure CVM's
+// vTPM (its HCL report names SNP or TDX), then the TDX and SEV-SNP device
+// nodes. The sample attester is only ever built when asked for by name.
 package detect
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/internal/tsm"
 	"github.com/cdh-proxy/cdh-proxy/attester/sample"
 	"github.com/cdh-proxy/cdh-proxy/attester/snp"
@@ -30,25 +33,40 @@ type Env struct {
 	TDXEventLog string
 	// Logger records the choice once; nil discards.
 	Logger *slog.Logger
+	// Azure configures the vTPM attesters; its zero value is Azure's
+	// /dev/tpmrm0 and metadata service, evidence version 2.
+	Azure azure.Options
+	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20); 0 means 2.
+	AzureEvidenceVersion int
 }
 
 // ErrNoTEE means neither TDX nor SEV-SNP was found.
-var ErrNoTEE = errors.New("no TEE found: neither configfs-tsm (tdx_guest/sev_guest) nor /dev/tdx_guest or /dev/sev-guest")
+var ErrNoTEE = errors.New("no TEE found: neither configfs-tsm (tdx_guest/sev_guest), an Azure CVM vTPM (HCL report), nor /dev/tdx_guest or /dev/sev-guest")
 
 // Found describes a detected TEE.
 type Found struct {
-	Tee string // tdx or snp
-	Via string // "configfs-tsm" or the device path
+	Tee string // tdx, snp, az-snp-vtpm or az-tdx-vtpm
+	Via string // "configfs-tsm", the device path, or "vTPM <path>"
+
+	azure *azure.Device
 }
 
-// Detect returns the TEE of this guest, TDX before SNP.
-func Detect(env Env) (Found, error) {
+// Detect returns the TEE of this guest. An HCL report in the vTPM means a
+// paravisor sits below the guest: its own SNP/TDX devices, if any, cannot
+// give VMPL-0 evidence, so the vTPM wins over them.
+func Detect(ctx context.Context, env Env) (Found, error) {
 	provider, _ := tsm.Probe(env.TSM) // absent configfs-tsm is not an error here
 	switch provider {
 	case tsm.ProviderTDX:
 		return Found{Tee: tdx.Tee, Via: "configfs-tsm"}, nil
 	case tsm.ProviderSNP:
 		return Found{Tee: snp.Tee, Via: "configfs-tsm"}, nil
+	}
+	az := azure.NewDevice(env.Azure)
+	if _, err := os.Stat(az.TPMPath()); err == nil {
+		if tee, err := az.Detect(ctx); err == nil {
+			return Found{Tee: tee, Via: "vTPM " + az.TPMPath(), azure: az}, nil
+		}
 	}
 	dev := env.DevDir
 	if dev == "" {
@@ -63,20 +81,21 @@ func Detect(env Env) (Found, error) {
 	return Found{}, ErrNoTEE
 }
 
-// New builds the attester for name: auto, tdx, snp or sample.
-func New(name string, env Env) (attester.Attester, error) {
+// New builds the attester for name: auto, tdx, snp, az-snp-vtpm,
+// az-tdx-vtpm or sample.
+func New(ctx context.Context, name string, env Env) (attester.Attester, error) {
 	log := env.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if name == sample.Tee {
-		if f, err := Detect(env); err == nil {
+		if f, err := Detect(ctx, env); err == nil {
 			log.Warn("sample attester requested on TEE hardware: evidence will not be trusted by a production KBS", "tee", f.Tee)
 		}
 		log.Info("attester selected", "tee", sample.Tee, "via", "--attester sample (development only)")
 		return sample.Attester{}, nil
 	}
-	f, err := Detect(env)
+	f, err := Detect(ctx, env)
 	if err != nil {
 		if name == "auto" {
 			return nil, fmt.Errorf("%w; for development against a test KBS pass --attester sample", err)
@@ -111,6 +130,8 @@ func build(f Found, env Env) (attester.Attester, error) {
 			eventLog = tdx.FileEventLog(env.TDXEventLog)
 		}
 		return tdx.New(p, eventLog), nil
+	case azure.TeeSNP, azure.TeeTDX:
+		return azure.New(f.azure, f.Tee, cmp.Or(env.AzureEvidenceVersion, 2))
 	case snp.Tee:
 		var p snp.Provider = &snp.DeviceProvider{}
 		if viaTSM {

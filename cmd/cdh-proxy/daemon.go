@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/detect"
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/config"
@@ -47,7 +48,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	att, kbs, err := newKBSClient(cfg, log, metrics.ObserveKBS)
+	att, kbs, err := newKBSClient(ctx, cfg, log, metrics.ObserveKBS)
 	if err != nil {
 		return err
 	}
@@ -145,14 +146,21 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 
 // newKBSClient builds the attester and the KBS client from cfg: the one
 // place serve, the drop-ins and get do it.
-func newKBSClient(cfg *config.Config, log *slog.Logger, trace func(string, time.Duration)) (attester.Attester, *kbsclient.Client, error) {
-	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: cfg.TDXEventLog})
+func newKBSClient(ctx context.Context, cfg *config.Config, log *slog.Logger, trace func(string, time.Duration)) (attester.Attester, *kbsclient.Client, error) {
+	env, err := hardwareEnv(detect.Env{
+		Logger: log, TDXEventLog: cfg.TDXEventLog,
+		Azure:                azure.Options{TPM: cfg.TPM, IMDS: cfg.AzureIMDS},
+		AzureEvidenceVersion: cfg.AzureEvidenceVersion,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
-	att, err := detect.New(cfg.Attester, env)
+	att, err := detect.New(ctx, cfg.Attester, env)
 	if err != nil {
 		return nil, nil, configError{err}
+	}
+	if err := bindInitData(ctx, att, cfg.InitData, log); err != nil {
+		return nil, nil, err
 	}
 	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
 	if err != nil {
@@ -166,6 +174,31 @@ func newKBSClient(cfg *config.Config, log *slog.Logger, trace func(string, time.
 		return nil, nil, configError{err}
 	}
 	return att, kbs, nil
+}
+
+// bindInitData measures init-data into the TEE where the attester does it
+// itself (Azure vTPM: PCR8); TDX and SNP carry it in MRCONFIGID/HOSTDATA,
+// set by the host at launch.
+func bindInitData(ctx context.Context, att attester.Attester, initData []byte, log *slog.Logger) error {
+	b, ok := att.(interface {
+		BindInitData(ctx context.Context, algorithm string, digest []byte) (bool, error)
+	})
+	if !ok || initData == nil {
+		return nil
+	}
+	alg, digest, err := config.InitDataDigest(initData)
+	if err != nil {
+		return configError{err}
+	}
+	extended, err := b.BindInitData(ctx, alg, digest)
+	if errors.Is(err, azure.ErrInitDataAlgorithm) {
+		return configError{err}
+	}
+	if err != nil {
+		return fmt.Errorf("bind init-data: %w", err)
+	}
+	log.Info("init-data bound", "tee", att.Tee(), "pcr", 8, "extended", extended)
+	return nil
 }
 
 // runAll runs every runner; the first error cancels the rest (cf. SPIRE's

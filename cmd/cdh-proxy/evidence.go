@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/detect"
 )
 
@@ -22,12 +23,15 @@ import (
 func evidence(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cdh-proxy evidence", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	att := fs.String("attester", "auto", "auto, tdx, snp or sample")
+	att := fs.String("attester", "auto", "auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm or sample")
 	rd := fs.String("runtime-data", "", "runtime data bound into the evidence (raw bytes, zero-padded to 64 for TDX/SNP)")
 	enc := fs.String("encoding", "", "set to base64 when --runtime-data is URL-safe base64 without padding")
 	eventLog := fs.String("tdx-eventlog", "", "send this CCEL file as cc_eventlog")
+	var az azure.Options
+	var azVersion int
+	azureFlags(fs, &az.TPM, &az.IMDS, &azVersion)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: cdh-proxy evidence [--attester auto|tdx|snp|sample] [--runtime-data S [--encoding base64]]\n\n")
+		fmt.Fprint(stderr, "usage: cdh-proxy evidence [--attester auto|tdx|snp|az-snp-vtpm|az-tdx-vtpm|sample] [--runtime-data S [--encoding base64]]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -49,20 +53,20 @@ func evidence(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: *eventLog})
+	env, err := hardwareEnv(detect.Env{Logger: log, TDXEventLog: *eventLog, Azure: az, AzureEvidenceVersion: azVersion})
 	if err != nil {
 		fmt.Fprintln(stderr, "cdh-proxy evidence:", err)
 		return 1
-	}
-	a, err := detect.New(*att, env)
-	if err != nil {
-		fmt.Fprintln(stderr, "cdh-proxy evidence:", err)
-		return exitConfig
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	a, err := detect.New(ctx, *att, env)
+	if err != nil {
+		fmt.Fprintln(stderr, "cdh-proxy evidence:", err)
+		return exitConfig
+	}
 	ev, err := a.Evidence(ctx, data)
 	if err != nil {
 		fmt.Fprintln(stderr, "cdh-proxy evidence:", err)

@@ -23,5 +23,8 @@ func hardwareEnv(env detect.Env) (detect.Env, error) {
 	}
 	env.TSM = fs
 	env.DevDir = os.TempDir() + "/cdh-proxy-fakehw-no-dev"
+	if env.Azure.TPM == "" { // never the test machine's own TPM
+		env.Azure.TPM = env.DevDir + "/tpmrm0"
+	}
 	return env, nil
 }

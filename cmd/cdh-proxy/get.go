@@ -60,16 +60,16 @@ exit status: 0 ok, 1 KBS/attestation failure, 2 usage, 3 policy denied, 4 not fo
 		return exitConfig
 	}
 	log := newLogger(stderr, cfg)
-	_, kbs, err := newKBSClient(cfg, log, nil)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Budget)
+	defer cancel()
+	_, kbs, err := newKBSClient(ctx, cfg, log, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "cdh-proxy get:", err)
 		return exitCode(err)
 	}
 	defer kbs.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, cfg.Budget)
-	defer cancel()
 	secret, err := kbs.Resource(ctx, p)
 	if err != nil {
 		fmt.Fprintf(stderr, "cdh-proxy get %s: %v\n", p, err)

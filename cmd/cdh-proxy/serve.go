@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/config"
 )
 
@@ -23,8 +24,9 @@ func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.StringVar(&f.KBSCert, "kbs-cert", "", "PEM file with an extra root CA for the KBS")
 	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, socket, [[credentials]], [log] level)")
 	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
-	fs.StringVar(&f.Attester, "attester", "auto", "evidence source: auto, tdx, snp, or sample (development only)")
+	fs.StringVar(&f.Attester, "attester", "auto", "evidence source: auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm, or sample (development only)")
 	fs.StringVar(&f.KeyAlgorithm, "tee-key-alg", "", "ephemeral TEE key: ECDH-ES+A256KW-P256 (default), ECDH-ES+A256KW-P521, RSA-OAEP-256")
+	azureFlags(fs, &f.TPM, &f.AzureIMDS, &f.AzureEvidenceVersion)
 	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
 	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default: initdata.toml in --initdata-dir when it exists)")
 	fs.StringVar(&f.InitDataDir, "initdata-dir", "", "where kata writes initdata.toml, cdh.toml, aa.toml; used when -c, --aa-config, --initdata are not given (default "+config.DefaultInitDataDir+"; - for none)")
@@ -32,6 +34,13 @@ func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.DurationVar(&f.Budget, "budget", 0, "total time for one request, attestation included (default 30s)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default info)")
 	fs.StringVar(&f.LogFormat, "log-format", "", "text or json (default text)")
+}
+
+// azureFlags registers the Azure CVM (vTPM) settings.
+func azureFlags(fs *flag.FlagSet, tpm, imds *string, version *int) {
+	fs.StringVar(tpm, "tpm", "", "Azure CVMs: the vTPM (default "+azure.DefaultTPM+"; a unix socket is spoken to as swtpm's)")
+	fs.StringVar(imds, "azure-imds", "", "Azure CVMs: metadata service base URL for the VCEK / TD quote (default "+azure.DefaultIMDS+"; never proxied)")
+	fs.IntVar(version, "azure-evidence-version", 0, "Azure CVMs: evidence version, 2 for Trustee >= 0.21, 1 for Trustee 0.18-0.20 (default 2)")
 }
 
 func serveFlags(fs *flag.FlagSet) *config.Flags {

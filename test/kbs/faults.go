@@ -44,6 +44,9 @@ type Faults struct {
 	ForeignKeyJWE bool // encrypt resources to a key that is not the token's
 	WrongNonce    bool // the challenge carries a nonce other than the session's
 	ClockSkew     time.Duration
+	// Evidence, when set, rewrites the primary evidence before it is
+	// verified: a man in the middle, or a guest lying about its TEE.
+	Evidence func(tee string, primary []byte) []byte
 }
 
 // SetFaults replaces the fault knobs.

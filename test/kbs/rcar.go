@@ -175,7 +175,14 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) {
 		attestFailed(w, err.Error())
 		return
 	}
-	claims, err := s.verifyEvidence(sess.tee, a.TeeEvidence.Primary, digest, initDigest)
+	primary := a.TeeEvidence.Primary
+	s.mu.Lock()
+	mutate := s.faults.Evidence
+	s.mu.Unlock()
+	if mutate != nil {
+		primary = mutate(sess.tee, primary)
+	}
+	claims, err := s.verifyEvidence(sess.tee, primary, digest, initDigest)
 	if err != nil {
 		s.log.Info("evidence rejected", "tee", sess.tee, "err", err)
 		attestFailed(w, "evidence verification failed: "+err.Error())

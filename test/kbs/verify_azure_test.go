@@ -1,15 +1,21 @@
 package kbs
 
 import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
+	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 )
 
 // The recorded az-snp-vtpm v2 evidence (testdata/README.md) verifies fully:
@@ -113,5 +119,59 @@ func flipVarData(t *testing.T, e *azure.Evidence, key string) {
 		hcl.VarData[p] = '1'
 	} else {
 		hcl.VarData[p] = '0'
+	}
+}
+
+// Evidence from the attester over swtpm and the simulated paravisor: the
+// init-data check on PCR8, and the trust anchors, each refuse on their own.
+func TestAzureSimulatedInitDataAndRoots(t *testing.T) {
+	sw, err := fakehw.StartSwtpm()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sw.Close()
+	p, err := fakehw.NewParavisor(sw.Path, azure.TeeSNP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.Run(ctx) })
+	defer wg.Wait()
+	defer cancel()
+	imds := httptest.NewServer(p.IMDS())
+	defer imds.Close()
+	a, err := azure.New(azure.NewDevice(azure.Options{TPM: sw.Path, IMDS: imds.URL}), azure.TeeSNP, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := sha256.Sum256([]byte("initdata"))
+	if _, err := a.BindInitData(ctx, "sha256", init[:]); err != nil {
+		t.Fatal(err)
+	}
+	rd := sha512.Sum384([]byte("binding"))
+	ev, err := a.Evidence(ctx, rd[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := p.SNP.TrustedRoots()
+	if _, err := verifyAzure(azure.TeeSNP, ev, rd[:], init[:], roots, nil, time.Now()); err != nil {
+		t.Fatalf("bound init-data rejected: %v", err)
+	}
+	if _, err := verifyAzure(azure.TeeSNP, ev, rd[:], nil, roots, nil, time.Now()); err != nil {
+		t.Fatalf("without init-data: %v", err)
+	}
+	other := sha256.Sum256([]byte("other"))
+	if _, err := verifyAzure(azure.TeeSNP, ev, rd[:], other[:], roots, nil, time.Now()); err == nil || !strings.Contains(err.Error(), "does not match PCR8") {
+		t.Errorf("other init-data: %v", err)
+	}
+	if _, err := verifyAzure(azure.TeeSNP, ev, rd[:], make([]byte, 48), roots, nil, time.Now()); err == nil || !strings.Contains(err.Error(), "sha256") {
+		t.Errorf("sha384 init-data: %v", err)
+	}
+	if _, err := verifyAzure(azure.TeeSNP, ev, rd[:], nil, amdRoots(), nil, time.Now()); err == nil || !strings.Contains(err.Error(), "SNP report signature chain") {
+		t.Errorf("simulated chain under AMD's real roots: %v", err)
+	}
+	if _, err := verifyAzure(azure.TeeTDX, ev, rd[:], nil, roots, nil, time.Now()); err == nil {
+		t.Error("SNP evidence accepted as az-tdx-vtpm")
 	}
 }

@@ -11,7 +11,7 @@ FUZZ_TARGETS := ./resource:FuzzParseEscaped ./resource:FuzzValidSegment ./resour
 	./kbsclient:FuzzDecryptInput ./kbsclient:FuzzClassify ./kbsclient:FuzzTokenLifetime ./kbsclient:FuzzKBSResponses \
 	./sealed:FuzzParse ./config:FuzzParseCDH ./config:FuzzParseAA
 
-.PHONY: all build test lint vet fmt demo fuzz-short bench bench-short bench-tools soak verify-deploy release image generate clean
+.PHONY: all build test test-tools lint vet fmt demo fuzz-short bench bench-short bench-tools soak verify-deploy release image generate clean
 
 all: build
 
@@ -23,11 +23,17 @@ build:
 	$(GO) build -o $(BIN)/baseline ./test/cmd/baseline
 
 ## test: the full suite: lint, race tests (unit + end-to-end through the real binaries), short fuzzing, short benchmarks.
-test: lint
+test: lint test-tools
 	$(GO) test -race -count=1 $(PKGS)
 	$(MAKE) fuzz-short
 	$(MAKE) bench-short
 	$(MAKE) verify-deploy
+
+## test-tools: what the tests need beyond Go: swtpm (the Azure vTPM tests) and
+## systemd-analyze (verify-deploy), from Debian; fails loudly if it cannot.
+test-tools:
+	./scripts/need.sh swtpm swtpm swtpm-tools
+	./scripts/need.sh systemd-analyze systemd
 
 lint: vet fmt
 

@@ -1,17 +1,10 @@
 #!/usr/bin/env bash
 # make verify-deploy: the systemd unit and the guest-components drop-ins must
-# pass `systemd-analyze verify` (Debian's systemd package; installed here when
-# missing and possible).
+# pass `systemd-analyze verify` (Debian's systemd package; installed by
+# need.sh when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v systemd-analyze >/dev/null; then
-	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-		apt-get install -y systemd >/dev/null
-	else
-		echo "verify-deploy: systemd-analyze missing and cannot be installed (not root or no apt-get)" >&2
-		exit 1
-	fi
-fi
+./scripts/need.sh systemd-analyze systemd
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/units" "$tmp/bin"

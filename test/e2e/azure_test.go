@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,7 +30,7 @@ func newAzureCVM(t *testing.T, tee string) azureCVM {
 	t.Helper()
 	sw, err := fakehw.StartSwtpm()
 	if err != nil {
-		t.Fatal(err) // make test installs swtpm (scripts/swtpm.sh)
+		t.Fatal(err) // make test installs swtpm (make test-tools)
 	}
 	t.Cleanup(func() { sw.Close() })
 	p, err := fakehw.NewParavisor(sw.Path, tee)
@@ -194,4 +196,29 @@ func TestAzureEvidenceCommand(t *testing.T) {
 	if _, errOut, code := runCLI(t, "evidence", "--tpm", filepath.Join(t.TempDir(), "none")); code != 78 || !strings.Contains(errOut, "Azure CVM vTPM") {
 		t.Fatalf("no TEE: exit %d %s", code, errOut)
 	}
+}
+
+// TestDocsAzure runs docs/azure.md's shell blocks on a simulated Azure SNP
+// CVM. The only liberty taken: `cdh-proxy` is a shell function adding the
+// simulated vTPM's and metadata service's addresses (--tpm, --azure-imds).
+func TestDocsAzure(t *testing.T) {
+	blocks := shellBlocks(t, "../../docs/azure.md")
+	if len(blocks) == 0 {
+		t.Fatal("docs/azure.md has no shell block")
+	}
+	cvm := newAzureCVM(t, azure.TeeSNP)
+	script := "set -euo pipefail\ncdh-proxy() { \"$CDH_PROXY\" \"$@\" " + strings.Join(cvm.args, " ") + "; }\n" + strings.Join(blocks, "\n")
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "CDH_PROXY="+proxyBin)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("docs/azure.md: %v\n%s%s", err, out, stderr.String())
+	}
+	if got := string(out); got != "\"version\":2\n1\n" {
+		t.Fatalf("docs/azure.md printed %q", got)
+	}
+	mustContain(t, stderr.String(), `msg="attester selected" tee=az-snp-vtpm`)
 }

@@ -36,8 +36,8 @@ type Swtpm struct {
 }
 
 // ErrNoSwtpm means the swtpm binary is not installed (`make test` installs
-// it; see scripts/swtpm.sh).
-var ErrNoSwtpm = errors.New("swtpm not found in PATH: install Debian's swtpm (make test does)")
+// it: make test-tools).
+var ErrNoSwtpm = errors.New("swtpm not found in PATH: run `make test-tools` (Debian: apt-get install swtpm)")
 
 // StartSwtpm starts a fresh TPM with its state in a new temporary
 // directory (short: unix socket paths are limited to 108 bytes).

@@ -1,3 +1,7 @@
+// Package azure produces the evidence of Azure confidential VMs, where the
+// paravisor (HCL) exposes the SEV-SNP or TDX hardware report through the
+// vTPM instead of a guest device: Trustee's tee types az-snp-vtpm and
+// az-tdx-vtpm (docs/azure.md). The wire format is in package evidence.
 package azure
 
 import (
@@ -16,6 +20,13 @@ import (
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
+)
+
+// KBS tee names.
+const (
+	TeeSNP = evidence.TeeSNP
+	TeeTDX = evidence.TeeTDX
 )
 
 // DefaultTPM is the kernel's TPM resource manager.
@@ -97,7 +108,7 @@ func (d *Device) Detect(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w (%v)", ErrNotAzureCVM, err)
 	}
-	r, err := ParseHCLReport(raw)
+	r, err := evidence.ParseHCLReport(raw)
 	if err != nil {
 		return "", fmt.Errorf("%w (%v)", ErrNotAzureCVM, err)
 	}
@@ -161,7 +172,7 @@ func (a *Attester) Evidence(ctx context.Context, rd []byte) (json.RawMessage, er
 	if err != nil {
 		return nil, err
 	}
-	ev := Evidence{Version: a.version, TPMQuote: TPMQuote{Signature: sig, Message: msg}, HCLReport: hcl.Raw}
+	ev := evidence.Evidence{Version: a.version, TPMQuote: evidence.TPMQuote{Signature: sig, Message: msg}, HCLReport: hcl.Raw}
 	for _, p := range pcrs {
 		ev.TPMQuote.PCRs = append(ev.TPMQuote.PCRs, p)
 	}
@@ -181,8 +192,8 @@ func (a *Attester) Evidence(ctx context.Context, rd []byte) (json.RawMessage, er
 // freshReport polls the HCL report until the paravisor has bound rd into
 // it: user-data matches and the hardware report binds the claims (a read
 // racing the paravisor's rewrite can mix two reports).
-func (d *Device) freshReport(ctx context.Context, t transport.TPM, rd []byte) (*HCLReport, error) {
-	want := UserDataFor(rd)
+func (d *Device) freshReport(ctx context.Context, t transport.TPM, rd []byte) (*evidence.HCLReport, error) {
+	want := evidence.UserDataFor(rd)
 	ctx, cancel := context.WithTimeout(ctx, d.pollTimeout)
 	defer cancel()
 	var last error
@@ -191,9 +202,9 @@ func (d *Device) freshReport(ctx context.Context, t transport.TPM, rd []byte) (*
 		if err != nil {
 			return nil, err
 		}
-		r, err := ParseHCLReport(raw)
+		r, err := evidence.ParseHCLReport(raw)
 		if err == nil {
-			var c *Claims
+			var c *evidence.Claims
 			if c, err = r.Claims(); err == nil {
 				switch {
 				case !strings.EqualFold(c.UserData, want):

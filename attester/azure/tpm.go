@@ -2,12 +2,13 @@ package azure
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
 )
 
 // The paravisor's vTPM interface.
@@ -197,15 +198,6 @@ func readPCRs(t transport.TPM) ([][]byte, error) {
 	return out, nil
 }
 
-// PCRDigest is SHA-256 over the concatenated PCR values, as in a quote.
-func PCRDigest(pcrs [][]byte) []byte {
-	h := sha256.New()
-	for _, p := range pcrs {
-		h.Write(p)
-	}
-	return h.Sum(nil)
-}
-
 // quoteWithPCRs quotes and reads the PCRs the quote covers; a PCR extended
 // between the two commands is caught by the digest and retried.
 func quoteWithPCRs(t transport.TPM, rd []byte) (msg, sig []byte, pcrs [][]byte, err error) {
@@ -217,20 +209,11 @@ func quoteWithPCRs(t transport.TPM, rd []byte) (msg, sig []byte, pcrs [][]byte, 
 		if pcrs, err = readPCRs(t); err != nil {
 			return nil, nil, nil, err
 		}
-		if bytes.Equal(PCRDigest(pcrs), digest) {
+		if bytes.Equal(evidence.PCRDigest(pcrs), digest) {
 			return msg, sig, pcrs, nil
 		}
 	}
 	return nil, nil, nil, errors.New("PCRs kept changing between TPM2_Quote and TPM2_PCR_Read")
-}
-
-// InitDataPCR8 is the PCR8 value after one extend with the init-data
-// digest from a fresh boot: SHA-256(32 zero bytes ‖ digest).
-func InitDataPCR8(digest []byte) []byte {
-	h := sha256.New()
-	h.Write(make([]byte, 32))
-	h.Write(digest)
-	return h.Sum(nil)
 }
 
 // extendInitData measures the init-data digest into PCR8 once per boot. It
@@ -243,7 +226,7 @@ func extendInitData(t transport.TPM, digest []byte) (extended bool, err error) {
 	}
 	cur := pcrs.PCRValues.Digests[0].Buffer
 	switch {
-	case bytes.Equal(cur, InitDataPCR8(digest)):
+	case bytes.Equal(cur, evidence.InitDataPCR8(digest)):
 		return false, nil
 	case !bytes.Equal(cur, make([]byte, 32)):
 		return false, fmt.Errorf("PCR%d already holds another measurement (%x): init-data cannot be bound; was the VM booted with different init-data?", initDataPCR, cur)

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
 	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
@@ -101,9 +102,9 @@ func TestAzureTamperedEvidenceRejected(t *testing.T) {
 	}
 	p.stop()
 
-	edit := func(f func(*azure.Evidence)) func(string, []byte) []byte {
+	edit := func(f func(*evidence.Evidence)) func(string, []byte) []byte {
 		return func(tee string, raw []byte) []byte {
-			ev, err := azure.ParseEvidence(tee, raw)
+			ev, err := evidence.ParseEvidence(tee, raw)
 			if err != nil {
 				t.Errorf("evidence from cdh-proxy does not parse: %v", err)
 				return raw
@@ -118,15 +119,15 @@ func TestAzureTamperedEvidenceRejected(t *testing.T) {
 		mutate func(string, []byte) []byte
 		want   string
 	}{
-		{"quote signature", edit(func(e *azure.Evidence) { e.TPMQuote.Signature[7] ^= 1 }), "TPM quote signature does not verify"},
-		{"quote message", edit(func(e *azure.Evidence) { e.TPMQuote.Message[len(e.TPMQuote.Message)-3] ^= 1 }), "TPM quote signature does not verify"},
-		{"PCR list", edit(func(e *azure.Evidence) { e.TPMQuote.PCRs[0][5] ^= 1 }), "PCR values do not match"},
+		{"quote signature", edit(func(e *evidence.Evidence) { e.TPMQuote.Signature[7] ^= 1 }), "TPM quote signature does not verify"},
+		{"quote message", edit(func(e *evidence.Evidence) { e.TPMQuote.Message[len(e.TPMQuote.Message)-3] ^= 1 }), "TPM quote signature does not verify"},
+		{"PCR list", edit(func(e *evidence.Evidence) { e.TPMQuote.PCRs[0][5] ^= 1 }), "PCR values do not match"},
 		{"nonce (replayed quote)", func(string, []byte) []byte { return recorded }, "nonce"},
-		{"user-data", edit(func(e *azure.Evidence) {
+		{"user-data", edit(func(e *evidence.Evidence) {
 			i := strings.Index(string(e.HCLReport), `"user-data":"`) + len(`"user-data":"`)
 			e.HCLReport[i] ^= 1 // a hex digit becomes another character
 		}), "user-data does not carry the runtime data"},
-		{"HCL report (claims unbound)", edit(func(e *azure.Evidence) {
+		{"HCL report (claims unbound)", edit(func(e *evidence.Evidence) {
 			i := strings.Index(string(e.HCLReport), `"vm-configuration":{"`) + len(`"vm-configuration":{"`)
 			e.HCLReport[i] ^= 1
 		}), "does not bind the HCL runtime claims"},
@@ -183,13 +184,13 @@ func TestAzureEvidenceCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, errOut)
 	}
-	ev, err := azure.ParseEvidence(azure.TeeTDX, []byte(out))
+	ev, err := evidence.ParseEvidence(azure.TeeTDX, []byte(out))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	hcl, _ := azure.ParseHCLReport(ev.HCLReport)
+	hcl, _ := evidence.ParseHCLReport(ev.HCLReport)
 	c, _ := hcl.Claims()
-	if ev.Version != 2 || c.UserData != azure.UserDataFor([]byte("hello")) {
+	if ev.Version != 2 || c.UserData != evidence.UserDataFor([]byte("hello")) {
 		t.Fatalf("version %d user-data %s", ev.Version, c.UserData)
 	}
 	// Without a TPM, auto names everything it looked for.

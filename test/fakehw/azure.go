@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
 )
 
 // Swtpm is a software TPM 2.0 (Debian's swtpm) serving the TPM command
@@ -193,7 +194,7 @@ func (p *Paravisor) report(rd []byte) ([]byte, error) {
 			"n": base64.RawURLEncoding.EncodeToString(p.akPub.N.Bytes()),
 		}},
 		"vm-configuration": map[string]any{"secure-boot": true, "tpm-enabled": true, "console-enabled": false},
-		"user-data":        azure.UserDataFor(rd),
+		"user-data":        evidence.UserDataFor(rd),
 	})
 	var bind [64]byte
 	sum := sha256.Sum256(claims)

@@ -20,13 +20,14 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
 	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
 )
 
 // verifyAzure checks az-snp-vtpm / az-tdx-vtpm evidence as Trustee does:
 // the vTPM quote, then the hardware report that vouches for the vTPM's key.
 func verifyAzure(tee string, primary json.RawMessage, digest, initDigest []byte, snpRoots map[string][]*trust.AMDRootCerts, tdxRoots *x509.CertPool, now time.Time) (map[string]any, error) {
-	ev, err := azure.ParseEvidence(tee, primary)
+	ev, err := evidence.ParseEvidence(tee, primary)
 	if err != nil {
 		return nil, err
 	}
@@ -59,8 +60,8 @@ func verifyAzure(tee string, primary json.RawMessage, digest, initDigest []byte,
 // verifyAzureTPM checks everything the vTPM signs, and the claims around
 // it: the quote's signature under HCLAkPub, its nonce, the PCR values, the
 // user-data claim (version 2) and, with init-data, PCR8.
-func verifyAzureTPM(ev *azure.Evidence, digest, initDigest []byte) (*azure.HCLReport, error) {
-	hcl, err := azure.ParseHCLReport(ev.HCLReport)
+func verifyAzureTPM(ev *evidence.Evidence, digest, initDigest []byte) (*evidence.HCLReport, error) {
+	hcl, err := evidence.ParseHCLReport(ev.HCLReport)
 	if err != nil {
 		return nil, fmt.Errorf("hcl_report: %w", err)
 	}
@@ -136,7 +137,7 @@ func quotedSHA256PCRs(sel tpm2.TPMLPCRSelection) int {
 
 // verifyAzureSNP verifies the SNP report inside the HCL report under the
 // evidence's VCEK and the trusted AMD roots, and returns its report_data.
-func verifyAzureSNP(ev *azure.Evidence, hcl *azure.HCLReport, roots map[string][]*trust.AMDRootCerts, now time.Time) ([]byte, error) {
+func verifyAzureSNP(ev *evidence.Evidence, hcl *evidence.HCLReport, roots map[string][]*trust.AMDRootCerts, now time.Time) ([]byte, error) {
 	if roots == nil {
 		return nil, errors.New("no SNP trust anchors configured in the test KBS")
 	}
@@ -160,7 +161,7 @@ func verifyAzureSNP(ev *azure.Evidence, hcl *azure.HCLReport, roots map[string][
 
 // claimsBound checks that the hardware report's report_data is
 // SHA-256(var data) ‖ zeros: the TEE vouches for HCLAkPub and user-data.
-func claimsBound(hcl *azure.HCLReport, reportData []byte) error {
+func claimsBound(hcl *evidence.HCLReport, reportData []byte) error {
 	sum := sha256.Sum256(hcl.VarData)
 	if len(reportData) != 64 || !bytes.Equal(reportData[:32], sum[:]) || !bytes.Equal(reportData[32:], make([]byte, 32)) {
 		return errors.New("hardware report_data does not bind the HCL runtime claims (SHA-256 of var data)")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
 	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
 	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 )
@@ -42,18 +43,18 @@ func TestAzureSNPVectorVerifies(t *testing.T) {
 		t.Error("no roots: accepted")
 	}
 	for name, tc := range map[string]struct {
-		mut  func(*azure.Evidence)
+		mut  func(*evidence.Evidence)
 		want string
 	}{
-		"signature":     {func(e *azure.Evidence) { e.TPMQuote.Signature[10] ^= 1 }, "signature"},
-		"message":       {func(e *azure.Evidence) { e.TPMQuote.Message[len(e.TPMQuote.Message)-1] ^= 1 }, "signature"},
-		"pcr":           {func(e *azure.Evidence) { e.TPMQuote.PCRs[4][0] ^= 1 }, "PCR"},
-		"var data":      {func(e *azure.Evidence) { flipVarData(t, e, "vm-configuration") }, "var data"},
-		"user-data":     {func(e *azure.Evidence) { flipVarData(t, e, "user-data") }, "user-data"},
-		"snp signature": {func(e *azure.Evidence) { e.HCLReport[32+0x2A0] ^= 1 }, "SNP report"},
-		"vcek":          {func(e *azure.Evidence) { e.VCEK[len(e.VCEK)-5] ^= 1 }, "SNP report"},
+		"signature":     {func(e *evidence.Evidence) { e.TPMQuote.Signature[10] ^= 1 }, "signature"},
+		"message":       {func(e *evidence.Evidence) { e.TPMQuote.Message[len(e.TPMQuote.Message)-1] ^= 1 }, "signature"},
+		"pcr":           {func(e *evidence.Evidence) { e.TPMQuote.PCRs[4][0] ^= 1 }, "PCR"},
+		"var data":      {func(e *evidence.Evidence) { flipVarData(t, e, "vm-configuration") }, "var data"},
+		"user-data":     {func(e *evidence.Evidence) { flipVarData(t, e, "user-data") }, "user-data"},
+		"snp signature": {func(e *evidence.Evidence) { e.HCLReport[32+0x2A0] ^= 1 }, "SNP report"},
+		"vcek":          {func(e *evidence.Evidence) { e.VCEK[len(e.VCEK)-5] ^= 1 }, "SNP report"},
 	} {
-		e, err := azure.ParseEvidence(azure.TeeSNP, ev)
+		e, err := evidence.ParseEvidence(azure.TeeSNP, ev)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +70,7 @@ func TestAzureSNPVectorVerifies(t *testing.T) {
 // signature, which needs Intel's collateral (not available offline).
 func TestAzureTDXVectorVerifiesButDCAP(t *testing.T) {
 	raw := readVector(t, "testdata/az-tdx-vtpm-evidence-v1.json")
-	ev, err := azure.ParseEvidence(azure.TeeTDX, raw)
+	ev, err := evidence.ParseEvidence(azure.TeeTDX, raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +105,9 @@ func readVector(t *testing.T, path string) []byte {
 
 // flipVarData changes one character inside the value of key in the HCL
 // report's runtime claims, keeping their length.
-func flipVarData(t *testing.T, e *azure.Evidence, key string) {
+func flipVarData(t *testing.T, e *evidence.Evidence, key string) {
 	t.Helper()
-	hcl, err := azure.ParseHCLReport(e.HCLReport)
+	hcl, err := evidence.ParseHCLReport(e.HCLReport)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
-package azure
+package evidence
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -104,4 +105,22 @@ func ParseEvidence(tee string, data []byte) (*Evidence, error) {
 		}
 	}
 	return &ev, nil
+}
+
+// PCRDigest is SHA-256 over the concatenated PCR values, as in a quote.
+func PCRDigest(pcrs [][]byte) []byte {
+	h := sha256.New()
+	for _, p := range pcrs {
+		h.Write(p)
+	}
+	return h.Sum(nil)
+}
+
+// InitDataPCR8 is the PCR8 value after one extend with the init-data
+// digest from a fresh boot: SHA-256(32 zero bytes ‖ digest).
+func InitDataPCR8(digest []byte) []byte {
+	h := sha256.New()
+	h.Write(make([]byte, 32))
+	h.Write(digest)
+	return h.Sum(nil)
 }

@@ -1,8 +1,8 @@
-// Package azure produces the evidence of Azure confidential VMs, where the
-// paravisor (HCL) exposes the SEV-SNP or TDX hardware report through the
-// vTPM instead of a guest device: Trustee's tee types az-snp-vtpm and
-// az-tdx-vtpm (../../docs/azure.md; spec: azure-vtpm.md).
-package azure
+// Package evidence is the wire format of Azure vTPM evidence (Trustee's
+// az-snp-vtpm and az-tdx-vtpm): the evidence JSON, the paravisor's HCL
+// report and its runtime claims. It parses and encodes, and does no I/O, so
+// the attester and a verifier share one definition of the bytes.
+package evidence
 
 import (
 	"crypto/rsa"

@@ -7,7 +7,6 @@ import (
 	"crypto/sha512"
 	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -25,28 +24,16 @@ type cvm struct {
 	para *fakehw.Paravisor
 }
 
-// newCVM is an Azure CVM in miniature: swtpm, a paravisor goroutine, and
-// the metadata service. swtpm is required: `make test` installs it.
+// newCVM is an Azure CVM in miniature (swtpm is required: `make test`
+// installs it); run says whether the paravisor answers.
 func newCVM(t testing.TB, tee string, run bool) cvm {
 	t.Helper()
-	sw, err := fakehw.StartSwtpm()
+	vm, err := fakehw.NewAzureCVM(tee, run)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sw.Close() })
-	p, err := fakehw.NewParavisor(sw.Path, tee)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	if run {
-		wg.Go(func() { p.Run(ctx) })
-	}
-	imds := httptest.NewServer(p.IMDS())
-	t.Cleanup(imds.Close)
-	return cvm{dev: azure.NewDevice(azure.Options{TPM: sw.Path, IMDS: imds.URL, PollTimeout: 2 * time.Second}), para: p}
+	t.Cleanup(vm.Close)
+	return cvm{dev: azure.NewDevice(azure.Options{TPM: vm.TPM, IMDS: vm.IMDS, PollTimeout: 2 * time.Second}), para: vm.Paravisor}
 }
 
 func rdFor(s string) []byte {

@@ -485,34 +485,26 @@ func (b *bench) timeToListen() (time.Duration, error) {
 
 // goBenchmarks runs the package micro-benchmarks.
 func (b *bench) goBenchmarks() error {
-	benchtime := "1s"
+	benchtime, azTime := "1s", "20x"
 	if b.short {
-		benchtime = "100x"
+		benchtime, azTime = "100x", "2x"
 	}
-	args := []string{"test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./cache", "./resource", "./proxy", "./kbsclient"}
+	if err := b.goBench("## Go benchmarks\n\n", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./cache", "./resource", "./proxy", "./kbsclient"); err != nil {
+		return err
+	}
+	// Azure vTPM evidence over swtpm: tens of milliseconds each, so fewer rounds.
+	return b.goBench("Azure vTPM evidence (one attestation's TPM, paravisor and metadata round trips; swtpm and a simulated paravisor polling every 10 ms, so an upper bound for a real vTPM):\n\n",
+		"-bench", "Evidence", "-benchtime", azTime, "./attester/azure")
+}
+
+// goBench runs `go test -run ^$ args…` and records its benchmark lines.
+func (b *bench) goBench(title string, args ...string) error {
+	args = append([]string{"test", "-run", "^$"}, args...)
 	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	b.printf("## Go benchmarks\n\n`go %s`\n\n```\n", strings.Join(args, " "))
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, "Benchmark") {
-			b.printf("%s\n", l)
-		}
-	}
-	b.printf("```\n\n")
-
-	// Azure vTPM evidence over swtpm: tens of milliseconds each, so fewer rounds.
-	azTime := "20x"
-	if b.short {
-		azTime = "2x"
-	}
-	args = []string{"test", "-run", "^$", "-bench", "Evidence", "-benchtime", azTime, "./attester/azure"}
-	out, err = exec.Command("go", args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	b.printf("Azure vTPM evidence (one attestation's TPM, paravisor and metadata round trips; swtpm and a simulated paravisor polling every 10 ms, so an upper bound for a real vTPM):\n\n`go %s`\n\n```\n", strings.Join(args, " "))
+	b.printf("%s`go %s`\n\n```\n", title, strings.Join(args, " "))
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(l, "Benchmark") {
 			b.printf("%s\n", l)

@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
@@ -29,22 +26,12 @@ type azureCVM struct {
 
 func newAzureCVM(t *testing.T, tee string) azureCVM {
 	t.Helper()
-	sw, err := fakehw.StartSwtpm()
+	vm, err := fakehw.NewAzureCVM(tee, true)
 	if err != nil {
 		t.Fatal(err) // make test installs swtpm (make test-tools)
 	}
-	t.Cleanup(func() { sw.Close() })
-	p, err := fakehw.NewParavisor(sw.Path, tee)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { p.Run(ctx) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	imds := httptest.NewServer(p.IMDS())
-	t.Cleanup(imds.Close)
-	return azureCVM{para: p, args: []string{"--tpm", sw.Path, "--azure-imds", imds.URL}}
+	t.Cleanup(vm.Close)
+	return azureCVM{para: vm.Paravisor, args: []string{"--tpm", vm.TPM, "--azure-imds", vm.IMDS}}
 }
 
 // kbsConfig trusts the VM's simulated hardware roots.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -329,4 +330,49 @@ func (p *Paravisor) IMDS() http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]string{"quote": base64.RawURLEncoding.EncodeToString(q)})
 	})
 	return mux
+}
+
+// AzureCVM is a whole simulated Azure confidential VM: swtpm as the vTPM,
+// the paravisor watching it, and the metadata service.
+type AzureCVM struct {
+	*Paravisor
+	TPM  string // the vTPM's socket (--tpm)
+	IMDS string // the metadata service base URL (--azure-imds)
+
+	sw     *Swtpm
+	imds   *httptest.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewAzureCVM starts a VM of type tee (azure.TeeSNP or azure.TeeTDX);
+// watch says whether the paravisor answers runtime-data writes.
+func NewAzureCVM(tee string, watch bool) (*AzureCVM, error) {
+	sw, err := StartSwtpm()
+	if err != nil {
+		return nil, err
+	}
+	p, err := NewParavisor(sw.Path, tee)
+	if err != nil {
+		sw.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &AzureCVM{Paravisor: p, TPM: sw.Path, sw: sw, imds: httptest.NewServer(p.IMDS()), cancel: cancel, done: make(chan struct{})}
+	c.IMDS = c.imds.URL
+	go func() {
+		defer close(c.done)
+		if watch {
+			p.Run(ctx)
+		}
+	}()
+	return c, nil
+}
+
+// Close stops the VM.
+func (c *AzureCVM) Close() {
+	c.cancel()
+	<-c.done
+	c.imds.Close()
+	c.sw.Close()
 }

@@ -6,10 +6,8 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
-	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -126,23 +124,13 @@ func flipVarData(t *testing.T, e *evidence.Evidence, key string) {
 // Evidence from the attester over swtpm and the simulated paravisor: the
 // init-data check on PCR8, and the trust anchors, each refuse on their own.
 func TestAzureSimulatedInitDataAndRoots(t *testing.T) {
-	sw, err := fakehw.StartSwtpm()
+	p, err := fakehw.NewAzureCVM(evidence.TeeSNP, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sw.Close()
-	p, err := fakehw.NewParavisor(sw.Path, azure.TeeSNP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { p.Run(ctx) })
-	defer wg.Wait()
-	defer cancel()
-	imds := httptest.NewServer(p.IMDS())
-	defer imds.Close()
-	a, err := azure.New(azure.NewDevice(azure.Options{TPM: sw.Path, IMDS: imds.URL}), azure.TeeSNP, 2)
+	defer p.Close()
+	ctx := context.Background()
+	a, err := azure.New(azure.NewDevice(azure.Options{TPM: p.TPM, IMDS: p.IMDS}), azure.TeeSNP, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

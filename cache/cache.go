@@ -84,6 +84,12 @@ type flight struct {
 	finished bool
 	val      *Value
 	err      error
+
+	// next is the follow-up fetch for callers that must not join this
+	// one, with what it will run with.
+	next  *flight
+	fetch Fetch
+	ctx   context.Context
 }
 
 // New returns a Cache.
@@ -149,10 +155,20 @@ func (c *Cache) Get(ctx context.Context, key string, refresh bool, fetch Fetch) 
 	}
 	c.misses.Add(1)
 	f := c.flights[key]
-	if f == nil {
+	switch {
+	case f == nil:
 		f = &flight{done: make(chan struct{})}
 		c.flights[key] = f
 		go c.run(context.WithoutCancel(ctx), key, f, fetch)
+	case refresh || c.cfg.TTL == 0:
+		// The running fetch may have read the KBS before this caller
+		// arrived; one that must see the KBS as it is now waits for the
+		// follow-up, which starts when the running one ends and is shared
+		// by every such caller meanwhile.
+		if f.next == nil {
+			f.next = &flight{done: make(chan struct{}), fetch: fetch, ctx: context.WithoutCancel(ctx)}
+		}
+		f = f.next
 	}
 	f.waiters++
 	c.mu.Unlock()
@@ -234,6 +250,15 @@ func (c *Cache) run(ctx context.Context, key string, f *flight, fetch Fetch) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.flights, key)
+	if n := f.next; n != nil {
+		if n.waiters > 0 {
+			c.flights[key] = n
+			go c.run(n.ctx, key, n, n.fetch)
+		} else { // every caller for it left before it started
+			n.finished, n.err = true, context.Canceled
+			close(n.done)
+		}
+	}
 	f.finished = true
 	f.err = err
 	if err == nil {

@@ -346,3 +346,92 @@ func TestStaleIfError(t *testing.T) {
 		t.Fatal("removed entry still served stale")
 	}
 }
+
+// A caller that must not be served a cached copy (TTL 0, or Cache-Control:
+// no-cache) never joins a fetch that began before it arrived: that fetch may
+// have read the KBS before a rotation the caller already knows about. Such
+// callers share one follow-up fetch instead (found as a TestRotation flake).
+func TestFreshCallersDoNotJoinOlderFetch(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		ttl     time.Duration
+		refresh bool
+	}{{"ttl 0", 0, false}, {"no-cache", time.Hour, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCache(t, Config{TTL: tc.ttl})
+			var calls atomic.Int32
+			value := atomic.Value{}
+			value.Store("old")
+			release := make(chan struct{})
+			fetch := func(context.Context) ([]byte, error) {
+				n := calls.Add(1)
+				v := value.Load().(string) // the KBS is read here...
+				if n == 1 {
+					<-release // ...and answers late
+				}
+				return []byte(v), nil
+			}
+			first := make(chan string, 1)
+			go func() { s, _ := get(t, c, "k", tc.refresh, fetch); first <- s }()
+			waitFlight(t, c, "k", 1)
+			value.Store("new") // rotation, seen by callers arriving from now on
+			const n = 20
+			later := make(chan string, n)
+			for range n {
+				go func() { s, _ := get(t, c, "k", tc.refresh, fetch); later <- s }()
+			}
+			waitNext(t, c, "k", n)
+			close(release)
+			if s := <-first; s != "old" {
+				t.Fatalf("first caller got %q", s)
+			}
+			for range n {
+				if s := <-later; s != "new" {
+					t.Fatalf("a caller arriving after the rotation got %q", s)
+				}
+			}
+			if got := calls.Load(); got != 2 {
+				t.Fatalf("fetches = %d, want 2 (the follow-up is shared)", got)
+			}
+		})
+	}
+}
+
+// waitFlight waits until key's current fetch has n waiters.
+func waitFlight(t *testing.T, c *Cache, key string, n int32) {
+	t.Helper()
+	waitFor(t, c, func() bool { f := c.flights[key]; return f != nil && f.waiters == n })
+}
+
+// waitNext waits until n more callers wait on key, whichever fetch they
+// joined.
+func waitNext(t *testing.T, c *Cache, key string, n int32) {
+	t.Helper()
+	waitFor(t, c, func() bool {
+		f := c.flights[key]
+		if f == nil {
+			return false
+		}
+		w := f.waiters - 1
+		if f.next != nil {
+			w += f.next.waiters
+		}
+		return w == n
+	})
+}
+
+// waitFor polls cond under c.mu.
+func waitFor(t *testing.T, c *Cache, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		ok := cond()
+		c.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 10 s")
+		}
+	}
+}

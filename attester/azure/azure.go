@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -42,7 +41,9 @@ type Device struct {
 	pollTimeout  time.Duration
 	pollInterval time.Duration
 
-	mu      sync.Mutex
+	// busy serializes whole sequences; a channel so a waiting caller can
+	// give up with its context. It also guards vcekDER.
+	busy    chan struct{}
 	vcekDER []byte
 }
 
@@ -59,7 +60,7 @@ type Options struct {
 
 // NewDevice returns a Device; nothing is opened until used.
 func NewDevice(o Options) *Device {
-	d := &Device{tpmPath: o.TPM, imds: o.IMDS, http: newIMDSClient(), pollTimeout: o.PollTimeout, pollInterval: 20 * time.Millisecond}
+	d := &Device{tpmPath: o.TPM, imds: o.IMDS, http: newIMDSClient(), pollTimeout: o.PollTimeout, pollInterval: 20 * time.Millisecond, busy: make(chan struct{}, 1)}
 	if d.tpmPath == "" {
 		d.tpmPath = DefaultTPM
 	}
@@ -71,6 +72,18 @@ func NewDevice(o Options) *Device {
 	}
 	return d
 }
+
+// lock waits for the device, or for ctx to end.
+func (d *Device) lock(ctx context.Context) error {
+	select {
+	case d.busy <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the vTPM: %w", ctx.Err())
+	}
+}
+
+func (d *Device) unlock() { <-d.busy }
 
 // open opens the TPM for one sequence; closing it after each sequence
 // keeps no TPM session or connection across attestations.
@@ -94,11 +107,10 @@ var ErrNotAzureCVM = errors.New("no Azure CVM vTPM: HCL report NV index 0x014000
 
 // Detect reads the HCL report and returns the tee it describes.
 func (d *Device) Detect(ctx context.Context) (string, error) {
-	if err := ctx.Err(); err != nil {
+	if err := d.lock(ctx); err != nil {
 		return "", err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer d.unlock()
 	t, err := d.open()
 	if err != nil {
 		return "", fmt.Errorf("%w (%v)", ErrNotAzureCVM, err)
@@ -150,8 +162,10 @@ func (a *Attester) Evidence(ctx context.Context, rd []byte) (json.RawMessage, er
 		return nil, attester.ErrReportDataTooLong
 	}
 	d := a.dev
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	if err := d.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer d.unlock()
 	t, err := d.open()
 	if err != nil {
 		return nil, err
@@ -235,11 +249,10 @@ func (a *Attester) BindInitData(ctx context.Context, algorithm string, digest []
 	if algorithm != "sha256" || len(digest) != 32 {
 		return false, fmt.Errorf("initdata algorithm %q: %w", algorithm, ErrInitDataAlgorithm)
 	}
-	if err := ctx.Err(); err != nil {
+	if err := a.dev.lock(ctx); err != nil {
 		return false, err
 	}
-	a.dev.mu.Lock()
-	defer a.dev.mu.Unlock()
+	defer a.dev.unlock()
 	t, err := a.dev.open()
 	if err != nil {
 		return false, err

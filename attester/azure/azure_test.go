@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
@@ -22,6 +24,7 @@ import (
 type cvm struct {
 	dev  *azure.Device
 	para *fakehw.Paravisor
+	tpm  string
 }
 
 // newCVM is an Azure CVM in miniature (swtpm is required: `make test`
@@ -33,7 +36,7 @@ func newCVM(t testing.TB, tee string, run bool) cvm {
 		t.Fatal(err)
 	}
 	t.Cleanup(vm.Close)
-	return cvm{dev: azure.NewDevice(azure.Options{TPM: vm.TPM, IMDS: vm.IMDS, PollTimeout: 2 * time.Second}), para: vm.Paravisor}
+	return cvm{dev: azure.NewDevice(azure.Options{TPM: vm.TPM, IMDS: vm.IMDS, PollTimeout: 2 * time.Second}), para: vm.Paravisor, tpm: vm.TPM}
 }
 
 func rdFor(s string) []byte {
@@ -207,5 +210,37 @@ func BenchmarkEvidence(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A caller queued behind a slow sequence leaves when its context ends.
+func TestEvidenceWaitHonorsContext(t *testing.T) {
+	c := newCVM(t, azure.TeeSNP, false) // silent paravisor: the first call holds the vTPM for 2 s
+	a, _ := azure.New(c.dev, azure.TeeSNP, 2)
+	held := make(chan error, 1)
+	go func() { _, err := a.Evidence(context.Background(), rdFor("slow")); held <- err }()
+	// The first call holds the vTPM once its runtime data is written.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		tp, err := linuxudstpm.Open(c.tpm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := azure.ReadNV(tp, azure.NVIndexRuntimeData)
+		tp.Close()
+		if err == nil && bytes.HasPrefix(got, rdFor("slow")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("first caller never wrote its runtime data")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := a.Evidence(ctx, rdFor("queued"))
+	if err == nil || !strings.Contains(err.Error(), "waiting for the vTPM") || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued caller: %v", err)
+	}
+	if err := <-held; err == nil {
+		t.Fatal("silent paravisor: evidence without a fresh report")
 	}
 }

@@ -140,3 +140,18 @@ func TestSdNotify(t *testing.T) {
 		}
 	}
 }
+
+// The GC target defaults to 50 % (memory in a confidential VM is scarce);
+// GOGC in the environment wins.
+func TestGCPercent(t *testing.T) {
+	k := newKBS(t, kbs.Config{})
+	for _, tc := range []struct {
+		env  []string
+		want float64
+	}{{nil, 50}, {[]string{"GOGC=120"}, 120}} {
+		p := startProxy(t, k, tc.env, "--kbs-url", k.URL)
+		if got := metric(t, p, "go_gc_gogc_percent"); got != tc.want {
+			t.Errorf("env %v: go_gc_gogc_percent = %v, want %v", tc.env, got, tc.want)
+		}
+	}
+}

@@ -112,7 +112,7 @@ func (b *bench) goals() {
 	}
 	b.printf("| P5 binary < 20 MiB | %.1f MiB | %s | |\n", b.binMiB, mark(b.binMiB < 20))
 	b.printf("| P5 listening < 20 ms | %s | %s | system roots load in the background (they took ~20 ms) |\n", us(b.listenMedian), mark(b.listenMedian < 20*time.Millisecond))
-	b.printf("| P5 RSS < 25 MiB with 10k secrets | %.1f MiB (%d secrets) | %s | |\n\n", b.rssLoadedMiB, b.cachedSecrets, mark(b.rssLoadedMiB < 25))
+	b.printf("| P5 RSS < 25 MiB with 10k secrets | %.1f MiB (%d secrets) | %s | with cdh-proxy's default GC target of 50 %% (Go's 100 %% measured ~26 MiB); the price, measured with GODEBUG=gctrace=1 under 3 s of warm-hit load at ~30k req/s: GC CPU 3 %% instead of 1 %% (the heap is tiny, so the GC runs at its minimum goal) — GOGC=100 restores Go's default |\n\n", b.rssLoadedMiB, b.cachedSecrets, mark(b.rssLoadedMiB < 25))
 }
 
 func (b *bench) header() {

@@ -63,10 +63,13 @@ func Detect(ctx context.Context, env Env) (Found, error) {
 		return Found{Tee: snp.Tee, Via: "configfs-tsm"}, nil
 	}
 	az := azure.NewDevice(env.Azure)
+	var azErr error // a TPM that is there but unusable is worth naming
 	if _, err := os.Stat(az.TPMPath()); err == nil {
-		if tee, err := az.Detect(ctx); err == nil {
+		tee, err := az.Detect(ctx)
+		if err == nil {
 			return Found{Tee: tee, Via: "vTPM " + az.TPMPath(), azure: az}, nil
 		}
+		azErr = err
 	}
 	dev := env.DevDir
 	if dev == "" {
@@ -77,6 +80,9 @@ func Detect(ctx context.Context, env Env) (Found, error) {
 		if _, err := os.Stat(p); err == nil {
 			return Found{Tee: d.tee, Via: p}, nil
 		}
+	}
+	if azErr != nil {
+		return Found{}, fmt.Errorf("%w (%v)", ErrNoTEE, azErr)
 	}
 	return Found{}, ErrNoTEE
 }

@@ -123,6 +123,11 @@ func TestNew(t *testing.T) {
 	if _, err := New(context.Background(), "az-snp-vtpm", Env{TSM: noTSM, DevDir: devDir(t), Azure: azure.Options{TPM: tpm}}); err == nil || !strings.Contains(err.Error(), "this guest is az-tdx-vtpm") {
 		t.Fatalf("az-snp-vtpm on Azure TDX: %v", err)
 	}
+	// A TPM path that exists but cannot be used says why.
+	_, err = New(context.Background(), "az-snp-vtpm", Env{TSM: noTSM, DevDir: devDir(t), Azure: azure.Options{TPM: t.TempDir()}})
+	if !errors.Is(err, ErrNoTEE) || !strings.Contains(err.Error(), "TPM file is not a device") {
+		t.Fatalf("unusable TPM: %v", err)
+	}
 }
 
 // azureCVM is a swtpm provisioned by the simulated paravisor.

@@ -59,13 +59,17 @@ func TestAzureVTPMEndToEnd(t *testing.T) {
 			{"--attester", tee, "--azure-evidence-version", "1"},
 		} {
 			t.Run(tee+"/"+strings.Join(extra, " "), func(t *testing.T) {
-				before := k.Counts().Handshakes
+				before, refreshed := k.Counts().Handshakes, cvm.para.Refreshes()
 				p := startProxyBin(t, proxyBin, k, nil, append(append([]string{"--kbs-url", k.URL}, cvm.args...), extra...)...)
 				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
 					t.Fatalf("%d %s", r.Status, r.Body)
 				}
 				if got := k.Counts().Handshakes - before; got != 1 {
 					t.Fatalf("handshakes %d", got)
+				}
+				// One attestation, one runtime-data write for the paravisor.
+				if got := cvm.para.Refreshes() - refreshed; got != 1 {
+					t.Fatalf("paravisor refreshed the HCL report %d times", got)
 				}
 				mustContain(t, p.logs.String(), `"msg":"attester selected","tee":"`+tee+`","via":"vTPM `)
 			})

@@ -279,11 +279,19 @@ func (p *Paravisor) poll() error {
 	if err != nil {
 		return err
 	}
+	// Counted before the write lands, so a guest that has read the new
+	// report can never observe an older count.
+	p.mu.Lock()
+	p.refreshes++
+	p.mu.Unlock()
 	if err := azure.WriteNV(t, azure.NVIndexHCLReport, report); err != nil {
+		p.mu.Lock()
+		p.refreshes--
+		p.mu.Unlock()
 		return err
 	}
 	p.mu.Lock()
-	p.last, p.refreshes = rd, p.refreshes+1
+	p.last = rd
 	p.mu.Unlock()
 	return nil
 }

@@ -324,3 +324,24 @@ func TestInitDataDirFiles(t *testing.T) {
 		t.Fatalf("explicit -c: %v %v", c, err)
 	}
 }
+
+func TestAzureSettings(t *testing.T) {
+	base := Flags{KBSURL: "http://x", Cmdline: "-", InitDataDir: "-"}
+	c, err := Load(base, env(nil))
+	if err != nil || c.AzureEvidenceVersion != 2 || c.TPM != "" || c.AzureIMDS != "" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	f := base
+	f.Attester, f.TPM, f.AzureIMDS, f.AzureEvidenceVersion = "az-tdx-vtpm", "/dev/tpm0", "http://127.0.0.1:1", 1
+	if c, err = Load(f, env(nil)); err != nil || c.Attester != "az-tdx-vtpm" || c.TPM != "/dev/tpm0" || c.AzureIMDS != "http://127.0.0.1:1" || c.AzureEvidenceVersion != 1 {
+		t.Fatalf("set: %+v %v", c, err)
+	}
+	f.AzureEvidenceVersion = 3
+	if _, err := Load(f, env(nil)); err == nil || !strings.Contains(err.Error(), "Azure evidence version 3") {
+		t.Fatalf("version 3: %v", err)
+	}
+	f.AzureEvidenceVersion, f.Attester = 2, "az-sev-vtpm"
+	if _, err := Load(f, env(nil)); err == nil || !strings.Contains(err.Error(), `attester "az-sev-vtpm"`) {
+		t.Fatalf("unknown attester: %v", err)
+	}
+}

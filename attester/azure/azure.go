@@ -172,10 +172,11 @@ func (a *Attester) Evidence(ctx context.Context, rd []byte) (json.RawMessage, er
 	}
 	defer t.Close()
 
-	if err := writeRuntimeData(t, rd); err != nil {
+	chunk := nvBufferMax(t)
+	if err := writeRuntimeData(t, chunk, rd); err != nil {
 		return nil, err
 	}
-	hcl, err := d.freshReport(ctx, t, rd)
+	hcl, err := d.freshReport(ctx, t, chunk, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -206,13 +207,17 @@ func (a *Attester) Evidence(ctx context.Context, rd []byte) (json.RawMessage, er
 // freshReport polls the HCL report until the paravisor has bound rd into
 // it: user-data matches and the hardware report binds the claims (a read
 // racing the paravisor's rewrite can mix two reports).
-func (d *Device) freshReport(ctx context.Context, t transport.TPM, rd []byte) (*evidence.HCLReport, error) {
+func (d *Device) freshReport(ctx context.Context, t transport.TPM, chunk int, rd []byte) (*evidence.HCLReport, error) {
 	want := evidence.UserDataFor(rd)
+	nv, err := openNV(t, NVIndexHCLReport)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.pollTimeout)
 	defer cancel()
 	var last error
 	for {
-		raw, err := ReadNV(t, NVIndexHCLReport)
+		raw, err := nv.read(t, chunk)
 		if err != nil {
 			return nil, err
 		}

@@ -38,56 +38,70 @@ func nvBufferMax(t transport.TPM) int {
 	return 512 // the PC Client minimum
 }
 
-// nvPublic returns the named handle and size of an NV index.
-func nvPublic(t transport.TPM, index uint32) (tpm2.NamedHandle, int, error) {
+// nvIndex is an NV index's handle, name and size, read once per sequence.
+type nvIndex struct {
+	index uint32
+	h     tpm2.NamedHandle
+	size  int
+}
+
+func openNV(t transport.TPM, index uint32) (nvIndex, error) {
 	rsp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(index)}.Execute(t)
 	if err != nil {
-		return tpm2.NamedHandle{}, 0, err
+		return nvIndex{}, fmt.Errorf("NV index %#x: %w", index, err)
 	}
 	pub, err := rsp.NVPublic.Contents()
 	if err != nil {
-		return tpm2.NamedHandle{}, 0, err
+		return nvIndex{}, fmt.Errorf("NV index %#x: %w", index, err)
 	}
-	return tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: rsp.NVName}, int(pub.DataSize), nil
+	return nvIndex{index: index, h: tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: rsp.NVName}, size: int(pub.DataSize)}, nil
 }
 
-// ReadNV reads a whole NV index with owner authorization, in chunks the TPM
-// accepts.
-func ReadNV(t transport.TPM, index uint32) ([]byte, error) {
-	h, size, err := nvPublic(t, index)
-	if err != nil {
-		return nil, fmt.Errorf("NV index %#x: %w", index, err)
-	}
-	chunk := nvBufferMax(t)
-	out := make([]byte, 0, size)
-	for off := 0; off < size; off += chunk {
-		n := min(chunk, size-off)
-		rsp, err := tpm2.NVRead{AuthHandle: ownerAuth(), NVIndex: h, Size: uint16(n), Offset: uint16(off)}.Execute(t)
+// read reads the whole index with owner authorization, chunk bytes per command.
+func (nv nvIndex) read(t transport.TPM, chunk int) ([]byte, error) {
+	out := make([]byte, 0, nv.size)
+	for off := 0; off < nv.size; off += chunk {
+		n := min(chunk, nv.size-off)
+		rsp, err := tpm2.NVRead{AuthHandle: ownerAuth(), NVIndex: nv.h, Size: uint16(n), Offset: uint16(off)}.Execute(t)
 		if err != nil {
-			return nil, fmt.Errorf("read NV index %#x at %d: %w", index, off, err)
+			return nil, fmt.Errorf("read NV index %#x at %d: %w", nv.index, off, err)
 		}
 		out = append(out, rsp.Data.Buffer...)
 	}
 	return out, nil
 }
 
-// WriteNV writes data at offset 0 of an NV index, in chunks.
-func WriteNV(t transport.TPM, index uint32, data []byte) error {
-	h, size, err := nvPublic(t, index)
-	if err != nil {
-		return fmt.Errorf("NV index %#x: %w", index, err)
+// write writes data at offset 0, chunk bytes per command.
+func (nv nvIndex) write(t transport.TPM, chunk int, data []byte) error {
+	if len(data) > nv.size {
+		return fmt.Errorf("NV index %#x holds %d bytes, not %d", nv.index, nv.size, len(data))
 	}
-	if len(data) > size {
-		return fmt.Errorf("NV index %#x holds %d bytes, not %d", index, size, len(data))
-	}
-	chunk := nvBufferMax(t)
 	for off := 0; off < len(data); off += chunk {
 		end := min(off+chunk, len(data))
-		if _, err := (tpm2.NVWrite{AuthHandle: ownerAuth(), NVIndex: h, Data: tpm2.TPM2BMaxNVBuffer{Buffer: data[off:end]}, Offset: uint16(off)}).Execute(t); err != nil {
-			return fmt.Errorf("write NV index %#x at %d: %w", index, off, err)
+		if _, err := (tpm2.NVWrite{AuthHandle: ownerAuth(), NVIndex: nv.h, Data: tpm2.TPM2BMaxNVBuffer{Buffer: data[off:end]}, Offset: uint16(off)}).Execute(t); err != nil {
+			return fmt.Errorf("write NV index %#x at %d: %w", nv.index, off, err)
 		}
 	}
 	return nil
+}
+
+// ReadNV reads a whole NV index with owner authorization, in chunks the TPM
+// accepts.
+func ReadNV(t transport.TPM, index uint32) ([]byte, error) {
+	nv, err := openNV(t, index)
+	if err != nil {
+		return nil, err
+	}
+	return nv.read(t, nvBufferMax(t))
+}
+
+// WriteNV writes data at offset 0 of an NV index, in chunks.
+func WriteNV(t transport.TPM, index uint32, data []byte) error {
+	nv, err := openNV(t, index)
+	if err != nil {
+		return err
+	}
+	return nv.write(t, nvBufferMax(t), data)
 }
 
 // DefineNV creates an owner-readable, owner-writable ordinary index.
@@ -109,23 +123,25 @@ func DefineNV(t transport.TPM, index uint32, size int) error {
 
 // writeRuntimeData puts rd, zero-padded, into the runtime-data index,
 // defining it (64 bytes) when the paravisor has not.
-func writeRuntimeData(t transport.TPM, rd []byte) error {
-	_, size, err := nvPublic(t, NVIndexRuntimeData)
+func writeRuntimeData(t transport.TPM, chunk int, rd []byte) error {
+	nv, err := openNV(t, NVIndexRuntimeData)
 	if err != nil {
 		if !isHandleError(err) {
-			return fmt.Errorf("NV index %#x: %w", NVIndexRuntimeData, err)
+			return err
 		}
 		if err := DefineNV(t, NVIndexRuntimeData, 64); err != nil {
 			return err
 		}
-		size = 64
+		if nv, err = openNV(t, NVIndexRuntimeData); err != nil {
+			return err
+		}
 	}
-	if size < len(rd) || size > 64 {
-		return fmt.Errorf("NV index %#x is %d bytes: want %d–64", NVIndexRuntimeData, size, len(rd))
+	if nv.size < len(rd) || nv.size > 64 {
+		return fmt.Errorf("NV index %#x is %d bytes: want %d–64", NVIndexRuntimeData, nv.size, len(rd))
 	}
-	buf := make([]byte, size)
+	buf := make([]byte, nv.size)
 	copy(buf, rd)
-	return WriteNV(t, NVIndexRuntimeData, buf)
+	return nv.write(t, chunk, buf)
 }
 
 // isHandleError reports a TPM answer meaning "no such handle".

@@ -1,7 +1,8 @@
 // Package kbsclient speaks the Trustee KBS protocol (RCAR: auth → attest →
 // token) and fetches resources as JWE, decrypting them with the ephemeral TEE
 // key the token was issued for. It keeps one token per client, refreshes it
-// before expiry, and shares one handshake among concurrent callers. It does
+// before expiry, and shares one handshake among concurrent callers. Given
+// several KBS endpoints it fails over between them (endpoints.go). It does
 // not cache resources (package cache does).
 package kbsclient
 
@@ -14,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -37,9 +39,16 @@ const (
 	refreshRetryDelay = 5 * time.Second
 )
 
-// Config configures a Client. URL and Attester are required.
+// Config configures a Client. A URL and Attester are required.
 type Config struct {
-	URL              string            // KBS base URL, e.g. https://kbs.example:8080
+	URL string // KBS base URL, e.g. https://kbs.example:8080
+	// URLs are further KBS base URLs, in order of preference, after URL:
+	// the same KBS reachable under other addresses (a restarted or
+	// replicated Trustee). The first one that answers is used.
+	URLs []string
+	// FailbackAfter is how long an endpoint that failed is passed over
+	// before it is preferred again; zero → DefaultFailbackAfter.
+	FailbackAfter    time.Duration
 	Attester         attester.Attester // evidence source
 	KeyAlgorithm     KeyAlgorithm      // TEE key; zero → KeyEC256
 	InitData         []byte            // exact initdata TOML bytes, sent as init-data when non-empty
@@ -59,16 +68,28 @@ type Config struct {
 
 // Stats are cumulative counters, for metrics and tests.
 type Stats struct {
-	Handshakes       uint64 // successful auth+attest rounds
-	HandshakeErrors  uint64
-	ResourceRequests uint64 // resource GETs sent to the KBS
+	Handshakes         uint64 // successful auth+attest rounds
+	HandshakeErrors    uint64
+	ResourceRequests   uint64 // resource and plugin GETs sent to the KBS
+	Failovers          uint64 // moves away from an endpoint that stopped answering
+	ProtocolMismatches uint64 // handshakes the KBS refused for our protocol version
+	Endpoints          []EndpointStats
+}
+
+// EndpointStats are one KBS endpoint's counters.
+type EndpointStats struct {
+	URL             string // scheme://host[:port]
+	Active          bool   // holds the current token, or is the one tried next
+	Handshakes      uint64
+	HandshakeErrors uint64
+	Requests        uint64 // every request sent to it (auth, attest, resource, plugin)
 }
 
 // Client is safe for concurrent use.
 type Client struct {
-	cfg  Config
-	base *url.URL
-	log  *slog.Logger
+	cfg Config
+	eps []*endpoint // in order of preference
+	log *slog.Logger
 
 	baseCtx context.Context // parent of shared handshakes; cancelled by Close
 	cancel  context.CancelFunc
@@ -79,6 +100,7 @@ type Client struct {
 	retryAfter time.Time // no background refresh before this (after a failure)
 
 	handshakes, handshakeErrs, resourceReqs atomic.Uint64
+	failovers, protocolMismatches          atomic.Uint64
 }
 
 type handshakeFlight struct {
@@ -93,12 +115,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Attester == nil {
 		return nil, errors.New("kbsclient: Attester is required")
 	}
-	u, err := url.Parse(strings.TrimSuffix(cfg.URL, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("kbsclient: KBS URL %q: want http(s)://host[:port]", cfg.URL)
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("kbsclient: KBS URL %q must not carry user info, query or fragment", cfg.URL)
+	eps, err := newEndpoints(append([]string{cfg.URL}, cfg.URLs...))
+	if err != nil {
+		return nil, fmt.Errorf("kbsclient: %w", err)
 	}
 	if cfg.KeyAlgorithm, err = ParseKeyAlgorithm(string(cfg.KeyAlgorithm)); err != nil {
 		return nil, fmt.Errorf("kbsclient: %w", err)
@@ -123,15 +142,20 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if cfg.FailbackAfter <= 0 {
+		cfg.FailbackAfter = DefaultFailbackAfter
+	}
 	switch {
 	case cfg.MaxRetries == 0:
 		cfg.MaxRetries = DefaultMaxRetries
 	case cfg.MaxRetries < 0:
 		cfg.MaxRetries = 0
 	}
-	c := &Client{cfg: cfg, base: u, log: cfg.Logger.With("component", "kbsclient")}
-	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
-		c.log.Warn("KBS URL uses plain HTTP to a non-loopback host; use https in production", "url", u.Redacted())
+	c := &Client{cfg: cfg, eps: eps, log: cfg.Logger.With("component", "kbsclient")}
+	for _, ep := range eps {
+		if ep.base.Scheme == "http" && !isLoopbackHost(ep.base.Hostname()) {
+			c.log.Warn("KBS URL uses plain HTTP to a non-loopback host; use https in production", "url", ep.name)
+		}
 	}
 	c.baseCtx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
@@ -142,7 +166,19 @@ func (c *Client) Close() { c.cancel() }
 
 // Stats returns the counters.
 func (c *Client) Stats() Stats {
-	return Stats{Handshakes: c.handshakes.Load(), HandshakeErrors: c.handshakeErrs.Load(), ResourceRequests: c.resourceReqs.Load()}
+	st := Stats{Handshakes: c.handshakes.Load(), HandshakeErrors: c.handshakeErrs.Load(), ResourceRequests: c.resourceReqs.Load(),
+		Failovers: c.failovers.Load(), ProtocolMismatches: c.protocolMismatches.Load()}
+	c.mu.Lock()
+	active := c.preferredLocked(c.cfg.Now())
+	if c.cur != nil && c.cur.usable(c.cfg.Now()) {
+		active = c.cur.ep
+	}
+	c.mu.Unlock()
+	for _, ep := range c.eps {
+		st.Endpoints = append(st.Endpoints, EndpointStats{URL: ep.name, Active: ep == active,
+			Handshakes: ep.handshakes.Load(), HandshakeErrors: ep.handshakeErrs.Load(), Requests: ep.requests.Load()})
+	}
+	return st
 }
 
 // HasToken reports whether a usable token is held (for /readyz).
@@ -172,21 +208,63 @@ func (c *Client) Resource(ctx context.Context, p resource.Path) ([]byte, error) 
 	if _, err := resource.New(p.Repo, p.Type, p.Tag); err != nil {
 		return nil, err
 	}
+	return c.get(ctx, "resource", "resource/"+p.String(), requireJWE)
+}
+
+// Plugin calls a KBS plugin other than resource (GET /kbs/v0/<plugin>/…)
+// with the same token, retries and failover as Resource. A JWE answer
+// (Content-Type application/json, as Trustee sends for a plugin that
+// encrypts) is decrypted; any other answer is returned as sent.
+func (c *Client) Plugin(ctx context.Context, p resource.Plugin) ([]byte, error) {
+	if _, err := resource.ParsePlugin(p.Name, pathEscape(p.Path), p.Query); err != nil {
+		return nil, err
+	}
+	suffix := pathEscape(p.Name)
+	if p.Path != "" {
+		suffix += "/" + pathEscape(p.Path)
+	}
+	return c.get(ctx, "plugin", suffix+queryPart(p.Query), jweIfJSON)
+}
+
+func pathEscape(p string) string { return (&url.URL{Path: p}).EscapedPath() }
+
+func queryPart(q string) string {
+	if q == "" {
+		return ""
+	}
+	return "?" + q
+}
+
+// get is the retry loop around one authorized GET: re-attest once on a
+// token problem, move to the next endpoint at once when this one is
+// unavailable, and otherwise back off between attempts.
+func (c *Client) get(ctx context.Context, op, suffix string, decode decodeFunc) ([]byte, error) {
 	var stale *session
 	reattested := false
-	for attempt := 0; ; attempt++ {
-		plain, s, err := c.tryResource(ctx, p, stale)
+	switches := 0
+	for attempt := 0; ; {
+		plain, s, err := c.tryGet(ctx, op, suffix, stale, decode)
 		var kerr *Error
-		if !reattested && errors.As(err, &kerr) && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
-			c.log.Info("KBS rejected token; re-attesting once", "kbs_error", kerr.KBSType)
+		isKBSErr := errors.As(err, &kerr)
+		if !reattested && isKBSErr && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
+			c.log.Info("KBS rejected token; re-attesting once", "kbs", kerr.KBS, "kbs_error", kerr.KBSType)
 			stale, reattested = s, true
 			continue
 		}
-		if err == nil || !transient(err) || attempt >= c.cfg.MaxRetries || ctx.Err() != nil {
+		if err == nil || !transient(err) || ctx.Err() != nil {
 			return plain, err
 		}
+		if switches < len(c.eps)-1 && c.failedOver(kerr.KBS) {
+			// Another endpoint is up: try it now, in the same budget.
+			switches++
+			continue
+		}
+		if attempt >= c.cfg.MaxRetries {
+			return nil, err
+		}
 		d := backoff(attempt, c.cfg.Rand())
-		c.log.Debug("transient KBS failure; retrying", "attempt", attempt+1, "backoff", d, "err", err)
+		attempt++
+		c.log.Debug("transient KBS failure; retrying", "attempt", attempt, "backoff", d, "err", err)
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -197,12 +275,12 @@ func (c *Client) Resource(ctx context.Context, p resource.Path) ([]byte, error) 
 	}
 }
 
-func (c *Client) tryResource(ctx context.Context, p resource.Path, stale *session) ([]byte, *session, error) {
+func (c *Client) tryGet(ctx context.Context, op, suffix string, stale *session, decode decodeFunc) ([]byte, *session, error) {
 	s, err := c.session(ctx, stale)
 	if err != nil {
 		return nil, nil, err
 	}
-	plain, err := c.getResource(ctx, s, p)
+	plain, err := c.getWith(ctx, s, op, suffix, decode)
 	return plain, s, err
 }
 
@@ -231,9 +309,14 @@ func (c *Client) session(ctx context.Context, stale *session) (*session, error) 
 	if stale != nil && c.cur == stale {
 		c.cur = nil
 	}
-	if s := c.cur; s.usable(now) {
-		if s.needsRefresh(now) && c.flight == nil && !now.Before(c.retryAfter) {
-			c.startHandshakeLocked() // proactive, in the background; keep serving s
+	// A token is only good while its issuer answers: a session on an
+	// endpoint that just failed is not used.
+	if s := c.cur; s.usable(now) && !s.ep.isDown(now) {
+		// Proactive refresh, or a move back to a preferred endpoint that
+		// is up again: in the background, still serving s.
+		moveBack := c.preferredLocked(now) != s.ep
+		if (s.needsRefresh(now) || moveBack) && c.flight == nil && !now.Before(c.retryAfter) {
+			c.startHandshakeLocked()
 		}
 		c.mu.Unlock()
 		return s, nil
@@ -254,24 +337,32 @@ func (c *Client) session(ctx context.Context, stale *session) (*session, error) 
 func (c *Client) startHandshakeLocked() *handshakeFlight {
 	f := &handshakeFlight{done: make(chan struct{})}
 	c.flight = f
+	ep := c.preferredLocked(c.cfg.Now())
 	go func() {
 		ctx, cancel := context.WithTimeout(c.baseCtx, c.cfg.HandshakeTimeout)
-		s, err := c.handshake(ctx)
+		s, err := c.handshake(ctx, ep)
 		cancel()
 		c.mu.Lock()
 		if err == nil {
 			c.cur = s
 			c.handshakes.Add(1)
+			ep.handshakes.Add(1)
 		} else {
 			c.handshakeErrs.Add(1)
+			ep.handshakeErrs.Add(1)
 			c.retryAfter = c.cfg.Now().Add(refreshRetryDelay)
 		}
 		c.flight = nil
 		c.mu.Unlock()
-		if err != nil {
-			c.log.Warn("attestation failed", "err", err)
-		} else {
-			c.log.Info("attested", "tee", c.cfg.Attester.Tee(), "token_lifetime", s.expires.Sub(s.obtained).Round(time.Second))
+		var kerr *Error
+		switch {
+		case errors.As(err, &kerr) && kerr.Kind == ProtocolMismatch:
+			c.protocolMismatches.Add(1)
+			c.log.Error("KBS protocol version mismatch", "kbs", ep.name, "ours", ProtocolVersion, "kbs_answer", kerr.KBSDetail)
+		case err != nil:
+			c.log.Warn("attestation failed", "kbs", ep.name, "err", err)
+		default:
+			c.log.Info("attested", "kbs", ep.name, "tee", c.cfg.Attester.Tee(), "token_lifetime", s.expires.Sub(s.obtained).Round(time.Second))
 		}
 		f.s, f.err = s, err
 		close(f.done)
@@ -281,7 +372,7 @@ func (c *Client) startHandshakeLocked() *handshakeFlight {
 
 // handshake runs one RCAR round with a fresh key pair and a fresh cookie jar
 // (parallel handshakes sharing a jar would overwrite each other's session).
-func (c *Client) handshake(ctx context.Context) (*session, error) {
+func (c *Client) handshake(ctx context.Context, ep *endpoint) (*session, error) {
 	done := c.step("keygen")
 	key, err := newTEEKey(c.cfg.KeyAlgorithm)
 	done()
@@ -295,7 +386,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	// auth
 	body, _ := json.Marshal(authRequest{Version: ProtocolVersion, Tee: c.cfg.Attester.Tee(), ExtraParams: supportedHashesJSON})
 	done = c.step("auth")
-	respBody, err := c.post(ctx, &hc, "auth", body)
+	respBody, err := c.post(ctx, &hc, ep, "auth", body)
 	done()
 	if err != nil {
 		return nil, err
@@ -337,7 +428,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 		return nil, &Error{Kind: AttestationFailed, Op: "attest", Msg: "encode request", Err: err}
 	}
 	done = c.step("attest")
-	respBody, err = c.post(ctx, &hc, "attest", body)
+	respBody, err = c.post(ctx, &hc, ep, "attest", body)
 	done()
 	if err != nil {
 		return nil, err
@@ -352,6 +443,7 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 		return nil, &Error{Kind: BadResponse, Op: "attest", Err: err}
 	}
 	return &session{
+		ep:        ep,
 		token:     ar.Token,
 		key:       key,
 		obtained:  now,
@@ -360,37 +452,61 @@ func (c *Client) handshake(ctx context.Context) (*session, error) {
 	}, nil
 }
 
-func (c *Client) post(ctx context.Context, hc *http.Client, op string, body []byte) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(op), bytes.NewReader(body))
+func (c *Client) post(ctx context.Context, hc *http.Client, ep *endpoint, op string, body []byte) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.url(op), bytes.NewReader(body))
 	if err != nil {
-		return nil, &Error{Kind: Unavailable, Op: op, Err: err}
+		return nil, &Error{Kind: Unavailable, Op: op, KBS: ep.name, Err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
-	return c.do(ctx, hc, req, op)
+	body, _, err = c.do(ctx, hc, ep, req, op)
+	return body, err
 }
 
-func (c *Client) getResource(ctx context.Context, s *session, p resource.Path) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.endpoint("resource/"+p.String()), nil)
+// decodeFunc turns a 200 answer into plaintext with the session's key.
+type decodeFunc func(s *session, body []byte, contentType string) ([]byte, error)
+
+// requireJWE: a resource is always a JWE to our key.
+func requireJWE(s *session, body []byte, _ string) ([]byte, error) {
+	plain, err := s.key.decrypt(body)
 	if err != nil {
-		return nil, &Error{Kind: Unavailable, Op: "resource", Err: err}
+		return nil, &Error{Kind: BadResponse, Op: "decrypt", KBS: s.ep.name, Msg: "resource is not a JWE for our key", Err: err}
+	}
+	return plain, nil
+}
+
+// jweIfJSON: Trustee sends a plugin's answer as a JWE with Content-Type
+// application/json when the plugin encrypts, else as plain bytes (with
+// text/xml, whatever they are).
+func jweIfJSON(s *session, body []byte, contentType string) ([]byte, error) {
+	if mt, _, _ := mime.ParseMediaType(contentType); mt != "application/json" {
+		return body, nil
+	}
+	plain, err := s.key.decrypt(body)
+	if err != nil {
+		return nil, &Error{Kind: BadResponse, Op: "decrypt", KBS: s.ep.name, Msg: "plugin answered JSON that is not a JWE for our key", Err: err}
+	}
+	return plain, nil
+}
+
+func (c *Client) getWith(ctx context.Context, s *session, op, suffix string, decode decodeFunc) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.ep.url(suffix), nil)
+	if err != nil {
+		return nil, &Error{Kind: BadResponse, Op: op, KBS: s.ep.name, Msg: "building the request", Err: err}
 	}
 	// Bearer rather than the cookie: it decouples us from the 5-minute
-	// session (spec "Session").
+	// session (spec "Session"). The token goes only to the KBS that issued it.
 	req.Header.Set("Authorization", "Bearer "+s.token)
 	c.resourceReqs.Add(1)
-	done := c.step("resource")
-	body, err := c.do(ctx, c.cfg.HTTPClient, req, "resource")
+	done := c.step(op)
+	body, ctype, err := c.do(ctx, c.cfg.HTTPClient, s.ep, req, op)
 	done()
 	if err != nil {
 		return nil, err
 	}
 	done = c.step("decrypt")
-	plain, err := s.key.decrypt(body)
+	plain, err := decode(s, body, ctype)
 	done()
-	if err != nil {
-		return nil, &Error{Kind: BadResponse, Op: "decrypt", Msg: "resource is not a JWE for our key", Err: err}
-	}
-	return plain, nil
+	return plain, err
 }
 
 // step starts timing one step for Trace; the returned func ends it.
@@ -402,35 +518,45 @@ func (c *Client) step(name string) func() {
 	return func() { c.cfg.Trace(name, time.Since(start)) }
 }
 
-func (c *Client) endpoint(op string) string {
-	return c.base.String() + "/kbs/v0/" + op
+// do sends req to ep and returns the 200 body and its Content-Type, or a
+// classified error naming ep. An Unavailable answer marks ep down.
+func (c *Client) do(ctx context.Context, hc *http.Client, ep *endpoint, req *http.Request, op string) ([]byte, string, error) {
+	ep.requests.Add(1)
+	body, ctype, err := c.roundTrip(ctx, hc, req, op)
+	var kerr *Error
+	if errors.As(err, &kerr) {
+		kerr.KBS = ep.name
+		if kerr.Kind == Unavailable {
+			c.markDown(ep, err)
+		}
+	}
+	return body, ctype, err
 }
 
-// do sends req and returns the 200 body, or a classified error.
-func (c *Client) do(ctx context.Context, hc *http.Client, req *http.Request, op string) ([]byte, error) {
+func (c *Client) roundTrip(ctx context.Context, hc *http.Client, req *http.Request, op string) ([]byte, string, error) {
 	resp, err := hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, "", ctx.Err()
 		}
-		return nil, &Error{Kind: Unavailable, Op: op, Err: scrubURLError(err)}
+		return nil, "", &Error{Kind: Unavailable, Op: op, Err: scrubURLError(err)}
 	}
 	defer resp.Body.Close()
 	body, err := readCapped(resp.Body, c.cfg.MaxResponseBytes)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, "", ctx.Err()
 		}
 		kind := Unavailable
 		if errors.Is(err, errTooLarge) {
 			kind = BadResponse
 		}
-		return nil, &Error{Kind: kind, Op: op, Status: resp.StatusCode, Msg: "reading body", Err: err}
+		return nil, "", &Error{Kind: kind, Op: op, Status: resp.StatusCode, Msg: "reading body", Err: err}
 	}
 	if resp.StatusCode == http.StatusOK {
-		return body, nil
+		return body, resp.Header.Get("Content-Type"), nil
 	}
-	return nil, classify(op, resp.StatusCode, body)
+	return nil, "", classify(op, resp.StatusCode, body)
 }
 
 var errTooLarge = errors.New("response body exceeds size limit")
@@ -460,11 +586,17 @@ func classify(op string, status int, body []byte) error {
 		e.Kind, e.Msg = Unavailable, "KBS server error"
 	case e.KBSType == TypePolicyDeny:
 		e.Kind, e.Msg = Denied, "access denied by the KBS resource policy"
+	case e.KBSType == TypePluginInternal && op == "plugin":
+		e.Kind, e.Msg = NotFound, "the plugin failed or has no such item (the KBS does not tell them apart)"
 	case e.KBSType == TypePluginInternal:
 		// The KBS answers a missing resource and a storage failure alike.
 		e.Kind, e.Msg = NotFound, "resource not found (or a KBS storage error: the KBS does not tell them apart)"
-	case e.KBSType == TypePluginNotFound || e.KBSType == TypeInvalidPath:
-		e.Kind, e.Msg = NotFound, "the KBS has no such endpoint (resource plugin disabled?)"
+	case e.KBSType == TypePluginNotFound:
+		e.Kind, e.Msg = PluginNotFound, "the KBS has no such plugin (not enabled in its [[plugins]])"
+	case e.KBSType == TypeInvalidPath:
+		e.Kind, e.Msg = NotFound, "the KBS has no such endpoint"
+	case op == "auth" && e.KBSType == TypeAttestation && strings.Contains(strings.ToLower(e.KBSDetail), "version mismatch"):
+		e.Kind, e.Msg = ProtocolMismatch, fmt.Sprintf("cdh-proxy speaks KBS protocol %s; the KBS answered %q", ProtocolVersion, e.KBSDetail)
 	case op == "auth" || op == "attest":
 		e.Kind, e.Msg = AttestationFailed, "attestation refused by the KBS"
 	case isTokenProblem(e.KBSType):

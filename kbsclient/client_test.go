@@ -230,7 +230,7 @@ func TestReattestOnceAfterTokenRejected(t *testing.T) {
 	}
 	// A KBS restart (new signing key) invalidates the token we hold.
 	restarted := newFixture(t, kbs.Config{}, Config{})
-	f.client.base = mustParse(t, restarted.url)
+	f.client.eps[0].base = mustParse(t, restarted.url)
 	got, err := f.client.Resource(ctx, coco)
 	if err != nil || string(got) != "a secret" {
 		t.Fatalf("after KBS restart: %q %v", got, err)
@@ -252,7 +252,7 @@ func TestTokenProblemTwiceIsNotLooped(t *testing.T) {
 		f.kbs.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	f.client.base = mustParse(t, srv.URL)
+	f.client.eps[0].base = mustParse(t, srv.URL)
 	_, err := f.client.Resource(context.Background(), coco)
 	var kerr *Error
 	if !errors.As(err, &kerr) || kerr.Kind != AttestationFailed || kerr.KBSType != TypeTokenVerifier {

@@ -21,6 +21,10 @@ const (
 	NotFound
 	// BadResponse: the KBS answered something we cannot use (garbage, bad JWE, no exp).
 	BadResponse
+	// PluginNotFound: the KBS has no such plugin enabled.
+	PluginNotFound
+	// ProtocolMismatch: the KBS refused our KBS protocol version.
+	ProtocolMismatch
 )
 
 func (k Kind) String() string {
@@ -35,6 +39,10 @@ func (k Kind) String() string {
 		return "not found"
 	case BadResponse:
 		return "bad response"
+	case PluginNotFound:
+		return "plugin not found"
+	case ProtocolMismatch:
+		return "protocol version mismatch"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -44,7 +52,8 @@ func (k Kind) String() string {
 // our own explanation.
 type Error struct {
 	Kind      Kind
-	Op        string // "auth", "attest", "evidence", "resource", "decrypt", …
+	Op        string // "auth", "attest", "evidence", "resource", "plugin", "decrypt", …
+	KBS       string // the endpoint that answered (scheme://host[:port]), "" when none was asked
 	Status    int    // HTTP status from the KBS, 0 when none
 	KBSType   string // short variant, e.g. "PolicyDeny"
 	KBSDetail string // the KBS "detail" text
@@ -56,6 +65,11 @@ func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("kbs ")
 	b.WriteString(e.Op)
+	if e.KBS != "" {
+		b.WriteString(" (")
+		b.WriteString(e.KBS)
+		b.WriteString(")")
+	}
 	b.WriteString(": ")
 	if e.Msg != "" {
 		b.WriteString(e.Msg)

@@ -17,6 +17,7 @@ var tokenAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.ES512, jo
 // session is one successful handshake: the token and the key pair it names.
 // Both are replaced together; a session value is immutable once built.
 type session struct {
+	ep        *endpoint // the KBS that issued token: the only one it is sent to
 	token     string
 	key       *teeKey
 	obtained  time.Time // local clock

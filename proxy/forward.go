@@ -113,3 +113,21 @@ func (r RemoteAA) Token(ctx context.Context) (string, []byte, error) {
 	}
 	return t.Token, []byte(t.TeeKeypair), nil
 }
+
+// Plugin implements Plugins over the CDH socket's GetResource, which takes
+// kbs+<plugin>:/// URIs. The CDH process decides about caching.
+func (r RemoteCDH) Plugin(ctx context.Context, p resource.Plugin, _ bool) (*cache.Value, cache.Meta, error) {
+	c, err := r.client(ctx)
+	if err != nil {
+		return nil, cache.Meta{}, unavailable("CDH socket", err)
+	}
+	uri := "kbs+" + p.Name + ":///" + p.Path
+	if p.Query != "" {
+		uri += "?" + p.Query
+	}
+	resp, err := cdh.NewGetResourceServiceClient(c).GetResource(ctx, &cdh.GetResourceRequest{ResourcePath: uri})
+	if err != nil {
+		return nil, cache.Meta{}, fromStatus(err)
+	}
+	return cache.NewValue(resp.GetResource()), cache.Meta{}, nil
+}

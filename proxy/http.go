@@ -1,5 +1,5 @@
-// Package proxy is the front end: the HTTP API workloads curl (and, later,
-// the ttrpc services kata-agent calls). It maps every failure to an honest
+// Package proxy is the front end: the HTTP API workloads curl and the ttrpc
+// services kata-agent calls. It maps every failure to an honest
 // status in one place (problem.go) and never speaks the KBS protocol itself.
 package proxy
 
@@ -69,11 +69,17 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		return nil, errors.New("proxy: Evidence and Token are required with the attestation feature")
 	}
 	h := &handler{cfg: cfg, log: cfg.Logger.With("component", "http")}
+	h.plugins, _ = cfg.Resources.(Plugins)
 	r := chi.NewRouter()
 	r.Use(func(next http.Handler) http.Handler { return guardWith(cfg.RequireHeader, next) })
 	resourceRoute := http.HandlerFunc(h.resource)
 	if !resourceOn {
 		resourceRoute = featureOff("resource")
+	}
+	if resourceOn && h.plugins != nil {
+		r.HandleFunc("/cdh/plugin/*", h.plugin)
+	} else if !resourceOn {
+		r.HandleFunc("/cdh/plugin/*", featureOff("resource"))
 	}
 	if attestationOn {
 		r.Get("/aa/evidence", h.evidence)
@@ -89,7 +95,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problem{Type: "urn:cdh-proxy:not-found", Title: "Not Found", Status: http.StatusNotFound,
-			Detail: "no such endpoint; secrets are at /cdh/resource/<repo>/<type>/<tag>"})
+			Detail: "no such endpoint; secrets are at /cdh/resource/<repo>/<type>/<tag>, KBS plugins at /cdh/plugin/<plugin>/<path>"})
 	})
 	return &hotRoute{resource: guardWith(cfg.RequireHeader, resourceRoute), rest: r}, nil
 }
@@ -112,8 +118,9 @@ func (h *hotRoute) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type handler struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	plugins Plugins // nil when Resources serves no plugins
+	log     *slog.Logger
 }
 
 func (h *handler) resource(w http.ResponseWriter, r *http.Request) {
@@ -141,16 +148,47 @@ func (h *handler) resource(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	v, meta, err := h.cfg.Resources.Resource(ctx, p, refresh)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("request budget of %s exceeded waiting for the KBS: %w", h.cfg.Budget, err)
-		}
-		prob := classify(err)
-		prob.Resource = p.String()
-		h.fail(w, r, "resource", prob, "resource", p.String(), "err", err)
+		h.failBudget(w, r, "resource", p.String(), err)
 		return
 	}
 	writeResource(w, r, v, meta)
 	h.cfg.Metrics.count("resource", http.StatusOK)
+}
+
+// plugin serves GET /cdh/plugin/<plugin>/<path…>[?query]: a call to a KBS
+// plugin other than resource, query forwarded. Only GET: a plugin answer
+// may be minted per call, and HEAD would mint one to throw away.
+func (h *handler) plugin(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		writeProblem(w, classify(errMethod))
+		return
+	}
+	name, escaped, _ := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), "/cdh/plugin/"), "/")
+	p, err := resource.ParsePlugin(name, escaped, r.URL.RawQuery)
+	if err != nil {
+		h.fail(w, r, "plugin", classify(err), "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Budget)
+	defer cancel()
+	v, meta, err := h.plugins.Plugin(ctx, p, noCache(r.Header))
+	if err != nil {
+		h.failBudget(w, r, "plugin", p.Name+"/"+p.Path, err)
+		return
+	}
+	writeResource(w, r, v, meta)
+	h.cfg.Metrics.count("plugin", http.StatusOK)
+}
+
+// failBudget is fail for a KBS call made within the request budget.
+func (h *handler) failBudget(w http.ResponseWriter, r *http.Request, route, name string, err error) {
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("request budget of %s exceeded waiting for the KBS: %w", h.cfg.Budget, err)
+	}
+	prob := classify(err)
+	prob.Resource = name
+	h.fail(w, r, route, prob, "resource", name, "err", err)
 }
 
 // fail answers with prob, logs it with a request ID (the caller's

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +21,22 @@ import (
 
 // fakeKBS answers from a map or with a fixed error.
 type fakeKBS struct {
-	data map[string]string
-	err  error
+	data    map[string]string
+	err     error
+	plugins atomic.Int64 // Plugin calls
+}
+
+// Plugin answers data["plugin:<name>/<path>?<query>"], else PluginNotFound.
+func (f *fakeKBS) Plugin(_ context.Context, p resource.Plugin) ([]byte, error) {
+	f.plugins.Add(1)
+	if f.err != nil {
+		return nil, f.err
+	}
+	v, ok := f.data[p.CacheKey()]
+	if !ok {
+		return nil, &kbsclient.Error{Kind: kbsclient.PluginNotFound, Op: "plugin", Status: 404, KBSType: "PluginNotFound"}
+	}
+	return []byte(v), nil
 }
 
 func (f *fakeKBS) Resource(_ context.Context, p resource.Path) ([]byte, error) {
@@ -186,6 +201,10 @@ type switchKBS struct {
 	mu   sync.Mutex
 	data string
 	err  error
+}
+
+func (s *switchKBS) Plugin(ctx context.Context, _ resource.Plugin) ([]byte, error) {
+	return s.Resource(ctx, resource.Path{})
 }
 
 func (s *switchKBS) Resource(context.Context, resource.Path) ([]byte, error) {

@@ -84,14 +84,20 @@ var (
 	descCacheEntries   = prometheus.NewDesc("cdh_proxy_cache_entries", "Cached secrets.", nil, nil)
 	descCacheBytes     = prometheus.NewDesc("cdh_proxy_cache_bytes", "Cached plaintext bytes.", nil, nil)
 	descAttestations   = prometheus.NewDesc("cdh_proxy_attestations_total", "RCAR handshakes, by result.", []string{"result"}, nil)
-	descKBSResources   = prometheus.NewDesc("cdh_proxy_kbs_resource_requests_total", "Resource GETs sent to the KBS.", nil, nil)
+	descKBSResources   = prometheus.NewDesc("cdh_proxy_kbs_resource_requests_total", "Resource and plugin GETs sent to the KBS.", nil, nil)
+	descFailovers      = prometheus.NewDesc("cdh_proxy_kbs_failovers_total", "Moves away from a KBS endpoint that stopped answering.", nil, nil)
+	descMismatches     = prometheus.NewDesc("cdh_proxy_kbs_protocol_mismatch_total", "Handshakes a KBS refused for cdh-proxy's KBS protocol version.", nil, nil)
+	descEndpointActive = prometheus.NewDesc("cdh_proxy_kbs_endpoint_active", "1 for the KBS endpoint in use (holding the token, or tried next).", []string{"kbs"}, nil)
+	descEndpointReqs   = prometheus.NewDesc("cdh_proxy_kbs_endpoint_requests_total", "Requests sent to each KBS endpoint (auth, attest, resource, plugin).", []string{"kbs"}, nil)
+	descEndpointAtt    = prometheus.NewDesc("cdh_proxy_kbs_endpoint_attestations_total", "RCAR handshakes per KBS endpoint, by result.", []string{"kbs", "result"}, nil)
 	descTokenExpiry    = prometheus.NewDesc("cdh_proxy_token_expiry_timestamp_seconds", "When the held KBS token expires (Unix time; 0 when none).", nil, nil)
 )
 
 type statsCollector struct{ src StatsSource }
 
 func (s *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheFetches, descCacheEntries, descCacheBytes, descAttestations, descKBSResources, descTokenExpiry} {
+	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheEvictions, descCacheFetches, descCacheEntries, descCacheBytes, descAttestations, descKBSResources, descTokenExpiry,
+		descFailovers, descMismatches, descEndpointActive, descEndpointReqs, descEndpointAtt} {
 		ch <- d
 	}
 }
@@ -112,6 +118,18 @@ func (s *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAttestations, prometheus.CounterValue, float64(k.Handshakes), "ok")
 		ch <- prometheus.MustNewConstMetric(descAttestations, prometheus.CounterValue, float64(k.HandshakeErrors), "error")
 		ch <- prometheus.MustNewConstMetric(descKBSResources, prometheus.CounterValue, float64(k.ResourceRequests))
+		ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(k.Failovers))
+		ch <- prometheus.MustNewConstMetric(descMismatches, prometheus.CounterValue, float64(k.ProtocolMismatches))
+		for _, ep := range k.Endpoints {
+			active := 0.0
+			if ep.Active {
+				active = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descEndpointActive, prometheus.GaugeValue, active, ep.URL)
+			ch <- prometheus.MustNewConstMetric(descEndpointReqs, prometheus.CounterValue, float64(ep.Requests), ep.URL)
+			ch <- prometheus.MustNewConstMetric(descEndpointAtt, prometheus.CounterValue, float64(ep.Handshakes), ep.URL, "ok")
+			ch <- prometheus.MustNewConstMetric(descEndpointAtt, prometheus.CounterValue, float64(ep.HandshakeErrors), ep.URL, "error")
+		}
 	}
 	if s.src.TokenExpiry != nil {
 		exp := 0.0

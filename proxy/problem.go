@@ -82,6 +82,10 @@ func classify(err error) problem {
 			p.Type, p.Status = "urn:cdh-proxy:kbs-policy-denied", http.StatusForbidden
 		case kbsclient.NotFound:
 			p.Type, p.Status = "urn:cdh-proxy:kbs-not-found", http.StatusNotFound
+		case kbsclient.PluginNotFound:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-plugin-not-found", http.StatusNotFound
+		case kbsclient.ProtocolMismatch:
+			p.Type, p.Status = "urn:cdh-proxy:kbs-protocol-mismatch", http.StatusServiceUnavailable
 		case kbsclient.BadResponse:
 			p.Type, p.Status = "urn:cdh-proxy:kbs-bad-response", http.StatusBadGateway
 		case kbsclient.AttestationFailed:

@@ -8,9 +8,17 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 
-// Fetcher fetches a resource from the KBS (kbsclient.Client).
+// Fetcher fetches resources and plugin answers from the KBS (kbsclient.Client).
 type Fetcher interface {
 	Resource(ctx context.Context, p resource.Path) ([]byte, error)
+	Plugin(ctx context.Context, p resource.Plugin) ([]byte, error)
+}
+
+// Plugins serves calls to KBS plugins other than resource. Front ends find
+// it on their Resources by type assertion: CachedResources and RemoteCDH
+// have it.
+type Plugins interface {
+	Plugin(ctx context.Context, p resource.Plugin, refresh bool) (*cache.Value, cache.Meta, error)
 }
 
 // Resources serves resources through the cache, fetching misses.
@@ -23,6 +31,10 @@ type Resources interface {
 type CachedResources struct {
 	Cache *cache.Cache
 	KBS   Fetcher
+	// CachePlugins names the plugins whose answers are cached like
+	// resources. Others are fetched on every call: a plugin answer may be a
+	// per-call credential.
+	CachePlugins map[string]bool
 }
 
 // Resource implements Resources. When the fetch fails for a reason that
@@ -31,15 +43,34 @@ type CachedResources struct {
 // marked Meta.Stale. A policy denial or a missing resource removes any
 // stale copy: those answers are authoritative.
 func (c *CachedResources) Resource(ctx context.Context, p resource.Path, refresh bool) (*cache.Value, cache.Meta, error) {
-	key := p.String()
-	v, meta, err := c.Cache.Get(ctx, key, refresh, func(ctx context.Context) ([]byte, error) {
+	return c.cached(ctx, p.String(), refresh, func(ctx context.Context) ([]byte, error) {
 		return c.KBS.Resource(ctx, p)
 	})
+}
+
+// Plugin implements Plugins: uncached unless the operator listed the plugin
+// in CachePlugins, then exactly like a resource (TTL, coalescing,
+// stale-if-error).
+func (c *CachedResources) Plugin(ctx context.Context, p resource.Plugin, refresh bool) (*cache.Value, cache.Meta, error) {
+	if !c.CachePlugins[p.Name] {
+		b, err := c.KBS.Plugin(ctx, p)
+		if err != nil {
+			return nil, cache.Meta{}, err
+		}
+		return cache.NewValue(b), cache.Meta{}, nil
+	}
+	return c.cached(ctx, p.CacheKey(), refresh, func(ctx context.Context) ([]byte, error) {
+		return c.KBS.Plugin(ctx, p)
+	})
+}
+
+func (c *CachedResources) cached(ctx context.Context, key string, refresh bool, fetch func(context.Context) ([]byte, error)) (*cache.Value, cache.Meta, error) {
+	v, meta, err := c.Cache.Get(ctx, key, refresh, fetch)
 	if err == nil {
 		return v, meta, nil
 	}
 	switch kbsclient.KindOf(err) {
-	case kbsclient.Denied, kbsclient.NotFound:
+	case kbsclient.Denied, kbsclient.NotFound, kbsclient.PluginNotFound:
 		c.Cache.Remove(key)
 		return nil, meta, err
 	}

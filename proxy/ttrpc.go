@@ -16,6 +16,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/api/aa"
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 	"github.com/cdh-proxy/cdh-proxy/api/keyprovider"
+	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 	"github.com/cdh-proxy/cdh-proxy/sealed"
 )
@@ -65,16 +66,35 @@ type cdhService struct {
 // fetch returns a copy of the resource: the response is marshalled after
 // the handler returns, by which time the cached buffer may be released.
 func (s *cdhService) fetch(ctx context.Context, uri string) ([]byte, error) {
-	p, err := resource.ParseURI(uri)
-	if err != nil {
-		return nil, err
-	}
-	v, _, err := s.cfg.Resources.Resource(ctx, p, false)
+	v, err := s.get(ctx, uri)
 	if err != nil {
 		return nil, err
 	}
 	defer v.Release()
 	return append([]byte(nil), v.Bytes()...), nil
+}
+
+// get serves kbs:///<repo>/<type>/<tag> as a resource and
+// kbs+<plugin>:///<path>[?query] as a plugin call, as CDH's GetResource does.
+func (s *cdhService) get(ctx context.Context, uri string) (*cache.Value, error) {
+	if resource.IsPluginURI(uri) {
+		pl, err := resource.ParsePluginURI(uri)
+		if err != nil {
+			return nil, err
+		}
+		plugins, ok := s.cfg.Resources.(Plugins)
+		if !ok {
+			return nil, fmt.Errorf("%w: %q", resource.ErrUnsupportedPlugin, pl.Name)
+		}
+		v, _, err := plugins.Plugin(ctx, pl, false)
+		return v, err
+	}
+	p, err := resource.ParseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	v, _, err := s.cfg.Resources.Resource(ctx, p, false)
+	return v, err
 }
 
 func (s *cdhService) GetResource(ctx context.Context, req *cdh.GetResourceRequest) (*cdh.GetResourceResponse, error) {

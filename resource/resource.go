@@ -112,8 +112,8 @@ const maxQuery = 1024
 // ParseURI parses a KBS resource URI as CDH's GetResource and sealed secrets
 // carry it: kbs://[host[:port]]/<repo>/<type>/<tag>[?query]. The host is
 // ignored (the configured KBS is always used); kbs+resource:// is the same
-// plugin spelled out. Other kbs+<plugin> schemes are refused with
-// ErrUnsupportedPlugin. Unlike upstream's URL parser, which silently drops
+// plugin spelled out. Other kbs+<plugin> schemes name plugin calls
+// (ParsePluginURI) and are refused here with ErrUnsupportedPlugin. Unlike upstream's URL parser, which silently drops
 // "." and ".." segments, such segments are rejected.
 func ParseURI(uri string) (Path, error) {
 	u, err := url.Parse(uri)
@@ -130,11 +130,8 @@ func ParseURI(uri string) (Path, error) {
 	if u.Opaque != "" || u.User != nil || u.Fragment != "" {
 		return Path{}, fmt.Errorf("%w: resource URI %q: want kbs:///<repo>/<type>/<tag>", ErrInvalidPath, uri)
 	}
-	if len(u.RawQuery) > maxQuery {
-		return Path{}, fmt.Errorf("%w: query longer than %d bytes", ErrInvalidPath, maxQuery)
-	}
-	if _, err := url.ParseQuery(u.RawQuery); err != nil {
-		return Path{}, fmt.Errorf("%w: query: %v", ErrInvalidPath, err)
+	if err := checkQuery(u.RawQuery); err != nil {
+		return Path{}, err
 	}
 	p, err := ParseEscaped(strings.TrimPrefix(u.EscapedPath(), "/"))
 	if err != nil {
@@ -144,5 +141,6 @@ func ParseURI(uri string) (Path, error) {
 	return p, nil
 }
 
-// ErrUnsupportedPlugin marks kbs+<plugin> URIs for plugins other than resource.
-var ErrUnsupportedPlugin = errors.New("unsupported KBS plugin (only the resource plugin is served)")
+// ErrUnsupportedPlugin marks kbs+<plugin> URIs where only a resource may be
+// named (sealed secrets, credentials).
+var ErrUnsupportedPlugin = errors.New("a kbs+<plugin> URI names a KBS plugin call, not a resource; only resources are accepted here")

@@ -16,6 +16,7 @@ const (
 	EndpointAuth     Endpoint = "auth"
 	EndpointAttest   Endpoint = "attest"
 	EndpointResource Endpoint = "resource"
+	EndpointPlugin   Endpoint = "plugin" // every plugin other than resource
 )
 
 // Faults are test knobs. The zero value injects nothing.

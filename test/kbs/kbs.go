@@ -43,6 +43,9 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AdminToken enables POST resource/… with "Authorization: Bearer <AdminToken>".
 	AdminToken string
+	// Plugins are served besides resource (see DefaultPlugins); others
+	// answer 404 PluginNotFound.
+	Plugins map[string]Plugin
 	// SNPRoots are the trusted AMD roots per product line; nil refuses snp evidence.
 	SNPRoots map[string][]*trust.AMDRootCerts
 	// TDXRoots are the trusted Intel SGX roots; nil refuses tdx evidence.
@@ -54,6 +57,8 @@ type Config struct {
 // Counts are the numbers of requests that reached each endpoint.
 type Counts struct {
 	Auth, Attest, Resource uint64
+	// Plugin counts GETs to plugins other than resource.
+	Plugin uint64
 	// Handshakes counts successful attestations (tokens issued).
 	Handshakes uint64
 	// ServerTime is the total time spent inside the KBS handlers, for
@@ -73,7 +78,7 @@ type Server struct {
 	tokenTTL time.Duration
 	faults   Faults
 
-	auth, attest, res, handshakes atomic.Uint64
+	auth, attest, res, plugin, handshakes atomic.Uint64
 	serverNanos                   atomic.Int64
 }
 
@@ -114,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 
 // Counts returns the request counters.
 func (s *Server) Counts() Counts {
-	return Counts{Auth: s.auth.Load(), Attest: s.attest.Load(), Resource: s.res.Load(), Handshakes: s.handshakes.Load(),
+	return Counts{Auth: s.auth.Load(), Attest: s.attest.Load(), Resource: s.res.Load(), Plugin: s.plugin.Load(), Handshakes: s.handshakes.Load(),
 		ServerTime: time.Duration(s.serverNanos.Load())}
 }
 
@@ -169,6 +174,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handleGetResource(w, r, sub)
 	case plugin == "resource" && r.Method == http.MethodPost:
 		s.handlePutResource(w, r, sub)
+	case s.cfg.Plugins[plugin].Handle != nil && r.Method == http.MethodGet:
+		s.plugin.Add(1)
+		if s.inject(w, r, EndpointPlugin) {
+			return
+		}
+		s.handlePlugin(w, r, plugin, s.cfg.Plugins[plugin], sub)
 	default:
 		writeError(w, http.StatusNotFound, "PluginNotFound", "Plugin "+plugin+" not found")
 	}

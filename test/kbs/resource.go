@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/go-jose/go-jose/v4"
@@ -29,6 +30,17 @@ type Policy struct {
 	DenySample bool
 	// Allow, when non-empty, lists path.Match patterns over "repo/type/tag"; others are denied.
 	Allow []string
+	// DenyPlugins names plugins (other than resource) the policy denies.
+	DenyPlugins []string
+}
+
+// allowsPlugin is the policy for plugins other than resource; Trustee's
+// policy input names the plugin as data.plugin.
+func (p Policy) allowsPlugin(tee, plugin string) bool {
+	if p.DenySample && tee == "sample" {
+		return false
+	}
+	return !slices.Contains(p.DenyPlugins, plugin)
 }
 
 func (p Policy) allows(tee, res string) bool {
@@ -53,8 +65,10 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, ok && tok != ""
 }
 
-func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request, escaped string) {
-	// Token first: Bearer header, else the cookie of an attested session.
+// authorize checks the token as Trustee does before any plugin runs:
+// Bearer header, else the cookie of an attested session. It answers the
+// 401 itself when there is none or it does not verify.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (tee string, jwk map[string]string, ok bool) {
 	raw, ok := bearer(r)
 	if !ok {
 		if _, sess := s.sessionFrom(r); sess != nil {
@@ -65,12 +79,20 @@ func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request, escap
 	}
 	if !ok {
 		writeError(w, http.StatusUnauthorized, "TokenNotFound", "Attestation Token not found")
-		return
+		return "", nil, false
 	}
 	tee, jwk, err := s.verifyToken(raw)
 	if err != nil {
 		s.log.Info("token rejected", "err", err)
 		writeError(w, http.StatusUnauthorized, "TokenVerifierError", "Token Verifier error")
+		return "", nil, false
+	}
+	return tee, jwk, true
+}
+
+func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request, escaped string) {
+	tee, jwk, ok := s.authorize(w, r)
+	if !ok {
 		return
 	}
 	s.mu.Lock()

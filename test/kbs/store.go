@@ -16,7 +16,8 @@ type Store interface {
 	Write(repo, typ, tag string, data []byte) error
 }
 
-// TreeStore is the directory layout of Trustee up to v0.18.x:
+// TreeStore is the directory layout of Trustee up to v0.18.x (the LocalFs
+// resource backend before it moved onto key-value storage):
 // <Dir>/<repo>/<type>/<tag>. <repo>/<type> may be a Secrets Store CSI mount
 // (files are symlinks through ..data; see WriteCSI).
 type TreeStore struct{ Dir string }
@@ -36,8 +37,10 @@ func (t TreeStore) Write(repo, typ, tag string, data []byte) error {
 	return writeAtomic(filepath.Join(dir, tag), data)
 }
 
-// LocalFsStore is Trustee's current LocalFs layout:
-// <Dir>/repository/<repo>\x2F<type>\x2F<tag> (four literal characters per "/").
+// LocalFsStore is Trustee's current LocalFs layout (key-value storage,
+// v0.19.0 on): <Dir>/repository/<repo>\x2F<type>\x2F<tag> (four literal
+// characters per "/"). Reads follow symlinks, as Trustee's do (a dangling
+// link reads as missing).
 type LocalFsStore struct{ Dir string }
 
 func (l LocalFsStore) name(repo, typ, tag string) string {
@@ -55,6 +58,29 @@ func (l LocalFsStore) Write(repo, typ, tag string, data []byte) error {
 		return err
 	}
 	return writeAtomic(l.name(repo, typ, tag), data)
+}
+
+// LinkObjects links CSI-mounted objects into a LocalFs store the way an
+// operator serves a Secrets Store CSI volume from current Trustee: the
+// volume is mounted at a side path (csiDir) and each object gets one flat
+// name, <Dir>/repository/<repo>\x2F<type>\x2F<object> -> <csiDir>/<object>.
+// Reads follow the link and then the CSI driver's ..data link, so a
+// rotation in csiDir arrives whole.
+func (l LocalFsStore) LinkObjects(repo, typ, csiDir string, objects ...string) error {
+	if err := os.MkdirAll(filepath.Join(l.Dir, "repository"), 0o755); err != nil {
+		return err
+	}
+	for _, o := range objects {
+		if strings.ContainsAny(o, "/\x00") || strings.HasPrefix(o, ".") {
+			return fmt.Errorf("link: bad object name %q", o)
+		}
+		name := l.name(repo, typ, o)
+		_ = os.Remove(name)
+		if err := os.Symlink(filepath.Join(csiDir, o), name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func writeAtomic(name string, data []byte) error {

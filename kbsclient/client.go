@@ -100,7 +100,7 @@ type Client struct {
 	retryAfter time.Time // no background refresh before this (after a failure)
 
 	handshakes, handshakeErrs, resourceReqs atomic.Uint64
-	failovers, protocolMismatches          atomic.Uint64
+	failovers, protocolMismatches           atomic.Uint64
 }
 
 type handshakeFlight struct {

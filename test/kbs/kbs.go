@@ -79,7 +79,7 @@ type Server struct {
 	faults   Faults
 
 	auth, attest, res, plugin, handshakes atomic.Uint64
-	serverNanos                   atomic.Int64
+	serverNanos                           atomic.Int64
 }
 
 type session struct {

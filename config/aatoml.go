@@ -58,7 +58,7 @@ func ParseAA(name string, data []byte) (*AAFile, []string, error) {
 // decodeStrict decodes TOML into v: unknown keys become warnings, syntax and
 // type errors name file:line:column and the key.
 func decodeStrict(name string, data []byte, v any) ([]string, error) {
-	err := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields().Decode(v)
+	err := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields().EnableUnmarshalerInterface().Decode(v)
 	var strict *toml.StrictMissingError
 	var derr *toml.DecodeError
 	switch {

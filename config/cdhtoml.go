@@ -3,6 +3,9 @@ package config
 import (
 	"fmt"
 	"os"
+	"slices"
+
+	"github.com/pelletier/go-toml/v2"
 )
 
 // CDHFile is cdh.toml as confidential-data-hub reads it
@@ -10,9 +13,11 @@ import (
 type CDHFile struct {
 	Socket string `toml:"socket"`
 	KBC    struct {
-		Name    string `toml:"name"`
-		URL     string `toml:"url"`
-		KBSCert string `toml:"kbs_cert"`
+		Name string `toml:"name"`
+		// URL is a string, as guest-components writes it, or (cdh-proxy
+		// only) an array of KBS endpoints in order of preference.
+		URL     URLList `toml:"url"`
+		KBSCert string  `toml:"kbs_cert"`
 	} `toml:"kbc"`
 	AA struct {
 		AASocket string `toml:"aa_socket"`
@@ -26,6 +31,36 @@ type CDHFile struct {
 	} `toml:"credentials"`
 	SkipSealedSecretVerification bool           `toml:"skip_sealed_secret_verification"`
 	Image                        map[string]any `toml:"image"` // accepted, unused: no image pull here
+}
+
+// URLList decodes a TOML string as a one-element list and an array of
+// strings as itself; anything else is an error.
+type URLList []string
+
+// UnmarshalTOML implements go-toml's unstable.Unmarshaler (enabled in
+// decodeStrict): it gets the raw value.
+func (l *URLList) UnmarshalTOML(raw []byte) error {
+	var v struct{ V any }
+	if err := toml.Unmarshal(append([]byte("V = "), raw...), &v); err != nil {
+		return err
+	}
+	switch x := v.V.(type) {
+	case string:
+		*l = URLList{x}
+		return nil
+	case []any:
+		out := make(URLList, 0, len(x))
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return fmt.Errorf(`key "kbc.url": want a URL or an array of URLs, found %v in the array`, e)
+			}
+			out = append(out, s)
+		}
+		*l = out
+		return nil
+	}
+	return fmt.Errorf(`key "kbc.url": want a URL or an array of URLs, found %T`, v.V)
 }
 
 // LoadCDHFile reads and parses a cdh.toml. Unknown keys are warnings (as
@@ -50,7 +85,7 @@ func ParseCDH(name string, data []byte) (*CDHFile, []string, error) {
 	default:
 		return nil, nil, fmt.Errorf("%s: [kbc] name %q is not supported (only cc_kbc)", name, f.KBC.Name)
 	}
-	if f.KBC.URL == "" {
+	if len(f.KBC.URL) == 0 || slices.Contains(f.KBC.URL, "") {
 		return nil, nil, fmt.Errorf("%s: [kbc] url is required", name)
 	}
 	return &f, warns, nil

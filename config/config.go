@@ -12,8 +12,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 
 // Defaults (design.md, "Behaviour that users expect").
@@ -31,8 +35,15 @@ const (
 
 // Config is the merged configuration.
 type Config struct {
-	KBSURL        string
-	KBSURLSource  string   // where KBSURL came from, for messages
+	KBSURL string // the first (preferred) KBS endpoint
+	// KBSURLs are every KBS endpoint in order of preference; KBSURLs[0] is
+	// KBSURL. Further ones are failed over to (kbsclient endpoints.go).
+	KBSURLs      []string
+	KBSURLSource string // where the KBS URLs came from, for messages
+	// KBSFailback is how long a failed endpoint is passed over; 0 = default.
+	KBSFailback time.Duration
+	// CachePlugins names KBS plugins whose answers are cached like resources.
+	CachePlugins  []string
 	KBSCerts      [][]byte // extra PEM roots for the KBS connection
 	Attester      string   // auto | tdx | snp | az-snp-vtpm | az-tdx-vtpm | sample
 	KeyAlgorithm  string   // kbsclient.ParseKeyAlgorithm names
@@ -66,7 +77,9 @@ type Config struct {
 
 // Flags are the command-line values; zero means "not given".
 type Flags struct {
-	KBSURL        string
+	KBSURLs       []string // --kbs-url, repeatable: endpoints in order of preference
+	KBSFailback   time.Duration
+	CachePlugins  []string
 	KBSCert       string // path to a PEM file
 	ConfigFile    string // cdh.toml (-c)
 	Attester      string
@@ -109,7 +122,8 @@ type Env func(string) (string, bool)
 
 // Load merges the sources. Precedence for the KBS URL, highest first:
 // --kbs-url, AA_KBC_PARAMS, cdh.toml [kbc] url, aa.toml [token_configs.kbs]
-// url, kernel cmdline agent.aa_kbc_params. A URL that differs between
+// url, kernel cmdline agent.aa_kbc_params. --kbs-url and cdh.toml's url
+// may list several endpoints; the winning source gives the whole list. A URL that differs between
 // sources is reported as a warning naming both. Extra KBS roots from
 // cdh.toml kbs_cert, aa.toml cert and --kbs-cert are all trusted.
 func Load(f Flags, env Env) (*Config, error) {
@@ -122,19 +136,22 @@ func Load(f Flags, env Env) (*Config, error) {
 		Budget: DefaultBudget, LogLevel: "info", LogFormat: "text", Features: "resource",
 		CredDir: DefaultCredentialsDir,
 	}
-	type urlSource struct{ url, from string }
+	type urlSource struct {
+		urls []string
+		from string
+	}
 	var urls []urlSource
 	addKBC := func(params, from string) error {
 		u, err := ParseKBCParams(params)
 		if err != nil {
 			return fmt.Errorf("%s: %w", from, err)
 		}
-		urls = append(urls, urlSource{u, from})
+		urls = append(urls, urlSource{[]string{u}, from})
 		return nil
 	}
 
-	if f.KBSURL != "" {
-		urls = append(urls, urlSource{f.KBSURL, "--kbs-url"})
+	if len(f.KBSURLs) > 0 {
+		urls = append(urls, urlSource{f.KBSURLs, "--kbs-url"})
 	}
 	if v, ok := env(EnvKBCParams); ok && v != "" {
 		if err := addKBC(v, EnvKBCParams); err != nil {
@@ -185,7 +202,7 @@ func Load(f Flags, env Env) (*Config, error) {
 		}
 		c.Warnings = append(c.Warnings, warns...)
 		if u := aa.TokenConfigs.KBS.URL; u != "" {
-			urls = append(urls, urlSource{u, f.AAConfigFile + " [token_configs.kbs] url"})
+			urls = append(urls, urlSource{[]string{u}, f.AAConfigFile + " [token_configs.kbs] url"})
 		}
 		if aa.TokenConfigs.KBS.Cert != "" {
 			c.KBSCerts = append(c.KBSCerts, []byte(aa.TokenConfigs.KBS.Cert))
@@ -217,12 +234,17 @@ func Load(f Flags, env Env) (*Config, error) {
 	if len(urls) == 0 {
 		return nil, errors.New("no KBS URL: pass --kbs-url, set AA_KBC_PARAMS=cc_kbc::<url>, give a cdh.toml with [kbc] url (-c) or an aa.toml with [token_configs.kbs] url, or boot with agent.aa_kbc_params")
 	}
-	c.KBSURL, c.KBSURLSource = urls[0].url, urls[0].from
+	// The first source gives the whole list: endpoints are not merged
+	// across sources, whose order would be anyone's guess.
+	c.KBSURLs, c.KBSURLSource = urls[0].urls, urls[0].from
+	c.KBSURL = c.KBSURLs[0]
 	for _, o := range urls[1:] {
-		if o.url != c.KBSURL {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("KBS URL %q from %s overrides %q from %s", c.KBSURL, c.KBSURLSource, o.url, o.from))
+		if !slices.Equal(o.urls, c.KBSURLs) {
+			c.Warnings = append(c.Warnings, fmt.Sprintf("KBS URL %s from %s overrides %s from %s", quoteList(c.KBSURLs), c.KBSURLSource, quoteList(o.urls), o.from))
 		}
 	}
+	c.KBSFailback = f.KBSFailback
+	c.CachePlugins = f.CachePlugins
 	if v, ok := env(EnvSkipSealedVerify); ok && strings.EqualFold(v, "true") {
 		c.SkipSealedSecretVerification = true
 	}
@@ -284,8 +306,26 @@ func fileExists(p string) bool {
 // Validate checks the merged values.
 func (c *Config) Validate() error {
 	var errs []error
-	if u, err := url.Parse(c.KBSURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		errs = append(errs, fmt.Errorf("KBS URL %q (from %s): want http(s)://host[:port]", c.KBSURL, c.KBSURLSource))
+	if len(c.KBSURLs) == 0 {
+		c.KBSURLs = []string{c.KBSURL}
+	}
+	seen := map[string]bool{}
+	for _, raw := range c.KBSURLs {
+		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("KBS URL %q (from %s): want http(s)://host[:port]", raw, c.KBSURLSource))
+		}
+		if seen[strings.TrimSuffix(raw, "/")] {
+			errs = append(errs, fmt.Errorf("KBS URL %q (from %s) is listed twice", raw, c.KBSURLSource))
+		}
+		seen[strings.TrimSuffix(raw, "/")] = true
+	}
+	if c.KBSFailback < 0 {
+		errs = append(errs, errors.New("--kbs-failback must not be negative"))
+	}
+	for _, name := range c.CachePlugins {
+		if _, err := resource.ParsePlugin(name, "", ""); err != nil {
+			errs = append(errs, fmt.Errorf("--cache-plugin %q: %w", name, err))
+		}
 	}
 	switch c.Attester {
 	case "auto", "sample", "tdx", "snp", "az-snp-vtpm", "az-tdx-vtpm":
@@ -333,6 +373,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+func quoteList(l []string) string {
+	if len(l) == 1 {
+		return strconv.Quote(l[0])
+	}
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // ParseKBCParams parses AA_KBC_PARAMS ("cc_kbc::<url>"): split on "::" into

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,8 +53,8 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 	}{
 		{name: "file only", flags: Flags{ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, want: "https://from-file:8080"},
 		{name: "env beats file", flags: Flags{ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-env", wantWarns: 1},
-		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURL: "https://from-flag", Cmdline: "-", InitDataDir: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
-		{name: "same URL twice is no conflict", flags: Flags{KBSURL: "https://from-file:8080", ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, want: "https://from-file:8080"},
+		{name: "flag beats all", flags: Flags{ConfigFile: file, KBSURLs: []string{"https://from-flag"}, Cmdline: "-", InitDataDir: "-"}, env: map[string]string{EnvKBCParams: "cc_kbc::https://from-env"}, want: "https://from-flag", wantWarns: 2},
+		{name: "same URL twice is no conflict", flags: Flags{KBSURLs: []string{"https://from-file:8080"}, ConfigFile: file, Cmdline: "-", InitDataDir: "-"}, want: "https://from-file:8080"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,7 +70,7 @@ func TestPrecedenceAndConflicts(t *testing.T) {
 }
 
 func TestDefaultsAndValidation(t *testing.T) {
-	c, err := Load(Flags{KBSURL: "http://127.0.0.1:8080", Cmdline: "-", InitDataDir: "-"}, env(nil))
+	c, err := Load(Flags{KBSURLs: []string{"http://127.0.0.1:8080"}, Cmdline: "-", InitDataDir: "-"}, env(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,18 +79,18 @@ func TestDefaultsAndValidation(t *testing.T) {
 		t.Fatalf("defaults: %+v", c)
 	}
 	zero := time.Duration(0)
-	if c, err := Load(Flags{KBSURL: "http://x", CacheTTL: &zero, Cmdline: "-", InitDataDir: "-"}, env(nil)); err != nil || c.CacheTTL != 0 {
+	if c, err := Load(Flags{KBSURLs: []string{"http://x"}, CacheTTL: &zero, Cmdline: "-", InitDataDir: "-"}, env(nil)); err != nil || c.CacheTTL != 0 {
 		t.Fatalf("explicit TTL 0: %v %v", c, err)
 	}
 	neg := -time.Second
 	for name, f := range map[string]Flags{
 		"no url":       {},
-		"bad scheme":   {KBSURL: "ftp://x"},
-		"bad attester": {KBSURL: "http://x", Attester: "tpm"},
-		"neg ttl":      {KBSURL: "http://x", CacheTTL: &neg},
-		"bad level":    {KBSURL: "http://x", LogLevel: "loud"},
-		"bad format":   {KBSURL: "http://x", LogFormat: "xml"},
-		"missing cert": {KBSURL: "http://x", KBSCert: "/nonexistent/ca.pem"},
+		"bad scheme":   {KBSURLs: []string{"ftp://x"}},
+		"bad attester": {KBSURLs: []string{"http://x"}, Attester: "tpm"},
+		"neg ttl":      {KBSURLs: []string{"http://x"}, CacheTTL: &neg},
+		"bad level":    {KBSURLs: []string{"http://x"}, LogLevel: "loud"},
+		"bad format":   {KBSURLs: []string{"http://x"}, LogFormat: "xml"},
+		"missing cert": {KBSURLs: []string{"http://x"}, KBSCert: "/nonexistent/ca.pem"},
 		"missing file": {ConfigFile: "/nonexistent/cdh.toml"},
 	} {
 		if _, err := Load(f, env(nil)); err == nil {
@@ -121,7 +122,7 @@ max_concurrent_layer_downloads_per_image = 3
 	if err != nil || len(warns) != 0 {
 		t.Fatalf("full file: %v %v", err, warns)
 	}
-	if f.KBC.URL != "https://kbs:8080" || !strings.Contains(f.KBC.KBSCert, "BEGIN CERTIFICATE") || len(f.Credentials) != 1 || !f.SkipSealedSecretVerification {
+	if !slices.Equal(f.KBC.URL, URLList{"https://kbs:8080"}) || !strings.Contains(f.KBC.KBSCert, "BEGIN CERTIFICATE") || len(f.Credentials) != 1 || !f.SkipSealedSecretVerification {
 		t.Fatalf("parsed %+v", f)
 	}
 
@@ -131,7 +132,10 @@ max_concurrent_layer_downloads_per_image = 3
 	}
 
 	for name, tt := range map[string]struct{ body, want string }{
-		"type error":   {"[kbc]\nname = \"cc_kbc\"\nurl = 5\n", `cdh.toml:3:`},
+		"type error":   {"[kbc]\nname = \"cc_kbc\"\nurl = \"http://x\"\n[log]\nlevel = 5\n", `cdh.toml:5:`},
+		"url type":     {"[kbc]\nname = \"cc_kbc\"\nurl = 5\n", `key "kbc.url": want a URL or an array of URLs`},
+		"url elem":     {"[kbc]\nurl = [\"http://x\", 5]\n", `key "kbc.url": want a URL or an array of URLs, found 5`},
+		"url empty":    {"[kbc]\nurl = []\n", "[kbc] url is required"},
 		"syntax error": {"[kbc\nurl = \"x\"\n", "cdh.toml:1:"},
 		"no url":       {"[kbc]\nname = \"cc_kbc\"\n", "[kbc] url is required"},
 		"bad kbc":      {"[kbc]\nname = \"offline_fs_kbc\"\nurl = \"http://x\"\n", "not supported"},
@@ -153,7 +157,7 @@ func FuzzParseCDH(f *testing.F) {
 	f.Add([]byte("[kbc\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, _, err := ParseCDH("fuzz.toml", data)
-		if err == nil && c.KBC.URL == "" {
+		if err == nil && len(c.KBC.URL) == 0 {
 			t.Fatal("accepted a file without [kbc] url")
 		}
 	})
@@ -165,7 +169,7 @@ func TestInitData(t *testing.T) {
 	if err := os.WriteFile(p, []byte(good), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c, err := Load(Flags{KBSURL: "http://x", InitData: p, Cmdline: "-", InitDataDir: "-"}, env(nil))
+	c, err := Load(Flags{KBSURLs: []string{"http://x"}, InitData: p, Cmdline: "-", InitDataDir: "-"}, env(nil))
 	if err != nil || string(c.InitData) != good {
 		t.Fatalf("initdata not kept byte for byte: %v", err)
 	}
@@ -208,7 +212,7 @@ func TestAllSourcesPrecedence(t *testing.T) {
 		{"aa.toml beats cmdline", Flags{Cmdline: cmdline, AAConfigFile: aa, CredDir: credDir}, nil, "https://aa-toml", aa + " [token_configs.kbs] url"},
 		{"cdh.toml beats aa.toml", Flags{Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, nil, "https://cdh-toml", cdh + " [kbc] url"},
 		{"env beats cdh.toml", Flags{Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, map[string]string{EnvKBCParams: "cc_kbc::https://env"}, "https://env", EnvKBCParams},
-		{"flag beats env", Flags{KBSURL: "https://flag", Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, map[string]string{EnvKBCParams: "cc_kbc::https://env"}, "https://flag", "--kbs-url"},
+		{"flag beats env", Flags{KBSURLs: []string{"https://flag"}, Cmdline: cmdline, AAConfigFile: aa, ConfigFile: cdh, CredDir: credDir}, map[string]string{EnvKBCParams: "cc_kbc::https://env"}, "https://flag", "--kbs-url"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,7 +252,7 @@ func TestAllSourcesPrecedence(t *testing.T) {
 	if c.CDHSocket != "" {
 		t.Fatalf("--cdh-socket none: %q", c.CDHSocket)
 	}
-	c, _ = Load(Flags{KBSURL: "http://x", Cmdline: "-", InitDataDir: "-"}, env(map[string]string{EnvSkipSealedVerify: "TRUE"}))
+	c, _ = Load(Flags{KBSURLs: []string{"http://x"}, Cmdline: "-", InitDataDir: "-"}, env(map[string]string{EnvSkipSealedVerify: "TRUE"}))
 	if !c.SkipSealedSecretVerification {
 		t.Fatal("SKIP_SEALED_SECRET_VERIFICATION=TRUE ignored")
 	}
@@ -326,7 +330,7 @@ func TestInitDataDirFiles(t *testing.T) {
 }
 
 func TestAzureSettings(t *testing.T) {
-	base := Flags{KBSURL: "http://x", Cmdline: "-", InitDataDir: "-"}
+	base := Flags{KBSURLs: []string{"http://x"}, Cmdline: "-", InitDataDir: "-"}
 	c, err := Load(base, env(nil))
 	if err != nil || c.AzureEvidenceVersion != 2 || c.TPM != "" || c.AzureIMDS != "" {
 		t.Fatalf("defaults: %+v %v", c, err)

@@ -2,10 +2,12 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -39,6 +41,15 @@ func ApplyFlagFile(fs *flag.FlagSet, path string) error {
 			continue
 		}
 		switch v := kv[k].(type) {
+		case []any:
+			if _, ok := fs.Lookup(k).Value.(interface{ repeatable() }); !ok {
+				return fmt.Errorf("config %s: key %q: takes one value, not an array", path, k)
+			}
+			for _, e := range v {
+				if err := fs.Set(k, fmt.Sprint(e)); err != nil {
+					return fmt.Errorf("config %s: key %q: %w", path, k, err)
+				}
+			}
 		case string, bool, int64, float64:
 			if err := fs.Set(k, fmt.Sprint(v)); err != nil {
 				return fmt.Errorf("config %s: key %q: %w", path, k, err)
@@ -49,3 +60,26 @@ func ApplyFlagFile(fs *flag.FlagSet, path string) error {
 	}
 	return nil
 }
+
+// ListFlag is a repeatable flag (flag.Value): each use appends. In a
+// --config file it takes an array, `kbs-url = ["https://a", "https://b"]`.
+type ListFlag struct{ Values *[]string }
+
+func (l ListFlag) String() string {
+	if l.Values == nil {
+		return ""
+	}
+	return strings.Join(*l.Values, ",")
+}
+
+// Set implements flag.Value.
+func (l ListFlag) Set(s string) error {
+	if s == "" {
+		return errors.New("empty value")
+	}
+	*l.Values = append(*l.Values, s)
+	return nil
+}
+
+// repeatable marks ListFlag for ApplyFlagFile.
+func (ListFlag) repeatable() {}

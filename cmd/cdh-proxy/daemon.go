@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +54,11 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		return err
 	}
 	defer kbs.Close()
-	res := &proxy.CachedResources{Cache: c, KBS: kbs}
+	cachePlugins := map[string]bool{}
+	for _, name := range cfg.CachePlugins {
+		cachePlugins[name] = true
+	}
+	res := &proxy.CachedResources{Cache: c, KBS: kbs, CachePlugins: cachePlugins}
 	var credsDone atomic.Bool
 	credsDone.Store(len(cfg.Credentials) == 0 || !p.cdh)
 	ready := func() bool { return kbs.HasToken() && credsDone.Load() }
@@ -77,7 +82,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		}
 		// Announced once every socket is bound too: "listening" means ready.
 		announce = func() {
-			log.Info("listening", "addr", ln.Addr().String(), "kbs", cfg.KBSURL, "kbs_url_from", cfg.KBSURLSource,
+			log.Info("listening", "addr", ln.Addr().String(), "kbs", strings.Join(cfg.KBSURLs, ","), "kbs_url_from", cfg.KBSURLSource,
 				"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features, "initdata", cfg.InitDataPath)
 		}
 		runners = append(runners, func(ctx context.Context) error { return proxy.Serve(ctx, ln, h, cfg.Budget, drainTimeout) })
@@ -104,7 +109,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 		if err != nil {
 			return fmt.Errorf("%s socket: %w", name, err)
 		}
-		log.Info("serving ttrpc", "api", name, "socket", uri, "kbs", cfg.KBSURL, "attester", att.Tee())
+		log.Info("serving ttrpc", "api", name, "socket", uri, "kbs", strings.Join(cfg.KBSURLs, ","), "attester", att.Tee())
 		runners = append(runners, func(ctx context.Context) error { return proxy.ServeTTRPC(ctx, ln, srv, drainTimeout) })
 		return nil
 	}
@@ -167,7 +172,7 @@ func newKBSClient(ctx context.Context, cfg *config.Config, log *slog.Logger, tra
 		return nil, nil, configError{err}
 	}
 	kbs, err := kbsclient.New(kbsclient.Config{
-		URL: cfg.KBSURL, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
+		URL: cfg.KBSURLs[0], URLs: cfg.KBSURLs[1:], FailbackAfter: cfg.KBSFailback, Attester: att, KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
 		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget, Trace: trace,
 	})
 	if err != nil {

@@ -20,7 +20,8 @@ const exitConfig = 78
 // kbsFlags registers what every KBS-talking command needs: where the KBS
 // is, how to trust it, how to attest, where the operators' files are.
 func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
-	fs.StringVar(&f.KBSURL, "kbs-url", "", "KBS base URL, e.g. https://kbs.example:8080 (overrides AA_KBC_PARAMS and cdh.toml)")
+	fs.Var(config.ListFlag{Values: &f.KBSURLs}, "kbs-url", "KBS base URL, e.g. https://kbs.example:8080 (overrides AA_KBC_PARAMS and cdh.toml); repeat for further endpoints of the same KBS, tried in order when one is unavailable")
+	fs.DurationVar(&f.KBSFailback, "kbs-failback", 0, "with several --kbs-url: how long an endpoint that failed is passed over before it is preferred again (default 60s)")
 	fs.StringVar(&f.KBSCert, "kbs-cert", "", "PEM file with an extra root CA for the KBS")
 	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, socket, [[credentials]], [log] level)")
 	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
@@ -57,6 +58,7 @@ func serveFlags(fs *flag.FlagSet) *config.Flags {
 	fs.DurationVar(&f.StaleIfError, "stale-if-error", 0, "when the KBS fails, serve the last good copy up to this long past its TTL, marked X-Cache: STALE (default off; never after a policy denial or 404)")
 	fs.StringVar(&f.MetricsBind, "metrics-bind", "", "also serve /metrics (only) on this address, e.g. 0.0.0.0:9106 for an in-cluster scraper; metrics hold no secrets")
 	fs.StringVar(&f.RequireHeader, "require-header", "", "refuse HTTP requests without this header (e.g. X-CDH-Request), like Vault's X-Vault-Request: anti-SSRF")
+	fs.Var(config.ListFlag{Values: &f.CachePlugins}, "cache-plugin", "cache answers of this KBS plugin like resources (repeatable); plugin answers are not cached by default, as they may be per-call credentials")
 	fs.StringVar(&f.Features, "features", "", "HTTP route groups, as api-server-rest: resource (default), attestation (/aa/evidence, /aa/token) or all")
 	fs.Func("cdh-socket", "also serve the CDH ttrpc API on this socket, e.g. "+config.DefaultCDHSocket+" (default: cdh.toml socket if -c, else off)", func(s string) error { f.CDHSocket = &s; return nil })
 	fs.Func("aa-socket", "also serve the AA ttrpc API on this socket, e.g. "+config.DefaultAASocket+" (default off)", func(s string) error { f.AASocket = &s; return nil })

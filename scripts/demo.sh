@@ -22,20 +22,45 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 
-# The repository as the Azure Key Vault guide lays it out: default/akv is a
-# Secrets Store CSI mount, where each secret is a symlink through ..data.
-akv="$DEMO/repository/default/akv"
+# A Secrets Store CSI volume as the driver writes it (each object a symlink
+# through ..data, rotated by swapping ..data), served the way the Azure Key
+# Vault walkthrough (docs/azure-key-vault.md) does it on current Trustee:
+# mounted at a side path, one flat LocalFs name linked per object.
+# DEMO_LAYOUT=tree serves it as Trustee <= v0.18 did: mounted at
+# <repository>/default/akv.
+LAYOUT=${DEMO_LAYOUT:-localfs}
 gen="..$(date -u +%Y_%m_%d_%H_%M_%S).000000000"
-mkdir -p "$akv/$gen"
-printf 'a secret' >"$akv/$gen/coco_one"
-printf 'another secret' >"$akv/$gen/coco_two"
-ln -s "$gen" "$akv/..data"
-ln -s ..data/coco_one "$akv/coco_one"
-ln -s ..data/coco_two "$akv/coco_two"
-say "seeded $akv (CSI layout: coco_one -> ..data/coco_one, ..data -> $gen)"
+write_csi() { # dir
+	mkdir -p "$1/$gen"
+	printf 'a secret' >"$1/$gen/coco_one"
+	printf 'another secret' >"$1/$gen/coco_two"
+	ln -s "$gen" "$1/..data"
+	ln -s ..data/coco_one "$1/coco_one"
+	ln -s ..data/coco_two "$1/coco_two"
+}
+case "$LAYOUT" in
+localfs)
+	akv="$(pwd)/$DEMO/mnt/akv"
+	write_csi "$akv"
+	mkdir -p "$DEMO/repository/repository"
+	for obj in coco_one coco_two; do
+		ln -s "$akv/$obj" "$DEMO/repository/repository/default\x2Fakv\x2F$obj"
+	done
+	say "seeded $akv (CSI layout) and linked each object into $DEMO/repository/repository/ (Trustee LocalFs names, e.g. default\x2Fakv\x2Fcoco_one)"
+	;;
+tree)
+	akv="$DEMO/repository/default/akv"
+	write_csi "$akv"
+	say "seeded $akv (CSI layout mounted in the Trustee <= v0.18 tree)"
+	;;
+*)
+	echo "DEMO_LAYOUT=$LAYOUT: want localfs or tree" >&2
+	exit 2
+	;;
+esac
 
-say "starting the test KBS (HTTPS, throwaway CA in $DEMO/ca.pem, allow-all policy)"
-"$BIN/testkbs" --repo-dir "$DEMO/repository" --tls --ca-out "$DEMO/ca.pem" \
+say "starting the test KBS (HTTPS, throwaway CA in $DEMO/ca.pem, allow-all policy, --layout $LAYOUT)"
+"$BIN/testkbs" --repo-dir "$DEMO/repository" --layout "$LAYOUT" --tls --ca-out "$DEMO/ca.pem" \
 	--addr-file "$DEMO/kbs.url" >"$DEMO/testkbs.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$DEMO/kbs.url" ] && break; sleep 0.05; done
@@ -78,6 +103,9 @@ fi
 
 say "a missing secret gives an honest 404 with a problem+json body:"
 show "http://$BIND/cdh/resource/default/akv/nope"
+
+say "a KBS plugin other than resource (the test KBS's sample plugin, answered unencrypted):"
+show "http://$BIND/cdh/plugin/sample/hello"
 
 say "cdh-proxy log:"
 sed 's/^/    /' "$DEMO/cdh-proxy.log"

@@ -21,7 +21,9 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "listen address")
 	repo := flag.String("repo-dir", "", "resource store directory (required)")
-	layout := flag.String("layout", "tree", "store layout: tree (<dir>/<repo>/<type>/<tag>, CSI mounts allowed) or localfs (<dir>/repository/<repo>\\x2F<type>\\x2F<tag>)")
+	layout := flag.String("layout", "localfs", "store layout: localfs (current Trustee: <dir>/repository/<repo>\\x2F<type>\\x2F<tag>, symlinks followed) or tree (Trustee <= v0.18: <dir>/<repo>/<type>/<tag>, CSI mounts allowed)")
+	plugins := flag.Bool("plugins", true, "serve the sample (plain) and credential (encrypting) plugins besides resource")
+	denyPlugin := flag.String("deny-plugin", "", "resource policy: deny this plugin")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a freshly generated CA")
 	caOut := flag.String("ca-out", "", "with --tls: write the CA certificate (PEM) here")
 	addrFile := flag.String("addr-file", "", "write the base URL here once listening")
@@ -42,8 +44,15 @@ func main() {
 		fmt.Fprintf(os.Stderr, "testkbs: unknown --layout %q\n", *layout)
 		os.Exit(2)
 	}
-	srv, err := kbs.New(kbs.Config{Store: store, TokenLifetime: *tokenTTL, AdminToken: *admin,
-		Policy: kbs.Policy{DenySample: *denySample}, Logger: log})
+	cfg := kbs.Config{Store: store, TokenLifetime: *tokenTTL, AdminToken: *admin,
+		Policy: kbs.Policy{DenySample: *denySample}, Logger: log}
+	if *plugins {
+		cfg.Plugins = kbs.DefaultPlugins()
+	}
+	if *denyPlugin != "" {
+		cfg.Policy.DenyPlugins = []string{*denyPlugin}
+	}
+	srv, err := kbs.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testkbs:", err)
 		os.Exit(1)

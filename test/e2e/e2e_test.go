@@ -91,7 +91,7 @@ func TestOneAttestationPerTokenLifetime(t *testing.T) {
 	for i := range 20 {
 		files[fmt.Sprintf("s%02d", i)] = []byte(fmt.Sprintf("secret-%02d", i))
 	}
-	if err := kbs.WriteCSI(filepath.Join(k.Root, "multi", "kv"), files); err != nil {
+	if err := k.WriteCSI("multi", "kv", files); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, k, nil, "--kbs-url", k.URL)
@@ -128,16 +128,19 @@ func TestTokenExpiryReattestsWithoutFailure(t *testing.T) {
 }
 
 func TestRotation(t *testing.T) {
-	for _, tc := range []struct {
+	type rotation struct {
 		name   string
+		layout string
 		ttl    time.Duration
 		within time.Duration
-	}{
-		{"ttl 1s", time.Second, 3 * time.Second},
-		{"ttl 0", 0, 0},
-	} {
+	}
+	var cases []rotation
+	for _, layout := range []string{layoutLocalFs, layoutTree} {
+		cases = append(cases, rotation{layout + "/ttl 1s", layout, time.Second, 3 * time.Second}, rotation{layout + "/ttl 0", layout, 0, 0})
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			k := newKBS(t, kbs.Config{})
+			k := newKBSLayout(t, kbs.Config{}, tc.layout)
 			p := startProxy(t, k, nil, "--kbs-url", k.URL, "--cache-ttl", tc.ttl.String())
 			if r := p.get(cocoOne); r.Body != "a secret" {
 				t.Fatalf("before rotation: %q", r.Body)
@@ -166,7 +169,7 @@ func TestRotation(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 			rotated := time.Now()
-			if err := kbs.WriteCSI(filepath.Join(k.Root, "default", "akv"), map[string][]byte{
+			if err := k.WriteCSI("default", "akv", map[string][]byte{
 				"coco_one": []byte(next), "coco_two": []byte("another secret"),
 			}); err != nil {
 				t.Fatal(err)

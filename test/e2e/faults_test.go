@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -139,7 +138,7 @@ func TestFaultMatrix(t *testing.T) {
 // secrets: flights are per key and hits take none.
 func TestSlowKBSDoesNotBlockOthers(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
-	if err := kbs.WriteCSI(filepath.Join(k.Root, "default", "other"), map[string][]byte{"fast": []byte("fast secret"), "slow": []byte("slow secret")}); err != nil {
+	if err := k.WriteCSI("default", "other", map[string][]byte{"fast": []byte("fast secret"), "slow": []byte("slow secret")}); err != nil {
 		t.Fatal(err)
 	}
 	p := startProxy(t, k, nil, "--kbs-url", k.URL)

@@ -49,24 +49,51 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testKBS is an in-process strict KBS over HTTPS with a CSI-style repository.
+// testKBS is an in-process strict KBS over HTTPS whose default/akv is a
+// Secrets Store CSI-style volume, served in one of Trustee's two layouts.
 type testKBS struct {
 	*kbs.Server
 	URL    string
 	CAFile string
-	Root   string // repository root (TreeStore)
-	close  func() // stops the server (the KBS goes down)
+	Root   string    // store directory
+	Layout string    // layoutLocalFs or layoutTree
+	Store  kbs.Store // for plain (non-CSI) resources
+	close  func()    // stops the server (the KBS goes down)
 }
 
+// The two store layouts of Trustee's LocalFs resource backend.
+const (
+	layoutLocalFs = "localfs" // current: flat names, CSI volume linked in per object
+	layoutTree    = "tree"    // Trustee <= v0.18: CSI volume mounted in the tree
+)
+
+// newKBS serves current Trustee's layout, with the test KBS's plugins.
 func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
 	t.Helper()
+	return newKBSLayout(t, cfg, layoutLocalFs)
+}
+
+func newKBSLayout(t *testing.T, cfg kbs.Config, layout string) *testKBS {
+	t.Helper()
 	root := t.TempDir()
-	if err := kbs.WriteCSI(filepath.Join(root, "default", "akv"), map[string][]byte{
+	k := &testKBS{Root: root, Layout: layout}
+	switch layout {
+	case layoutLocalFs:
+		k.Store = kbs.LocalFsStore{Dir: root}
+	case layoutTree:
+		k.Store = kbs.TreeStore{Dir: root}
+	default:
+		t.Fatalf("layout %q", layout)
+	}
+	if err := k.WriteCSI("default", "akv", map[string][]byte{
 		"coco_one": []byte("a secret"), "coco_two": []byte("another secret"),
 	}); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Store = kbs.TreeStore{Dir: root}
+	cfg.Store = k.Store
+	if cfg.Plugins == nil {
+		cfg.Plugins = kbs.DefaultPlugins()
+	}
 	srv, err := kbs.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +110,28 @@ func newKBS(t *testing.T, cfg kbs.Config) *testKBS {
 	if err := os.WriteFile(ca, caPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &testKBS{Server: srv, URL: ts.URL, CAFile: ca, Root: root, close: ts.Close}
+	k.Server, k.URL, k.CAFile, k.close = srv, ts.URL, ca, ts.Close
+	return k
+}
+
+// WriteCSI writes (or rotates) files as a CSI volume serving repo/typ. In
+// the LocalFs layout the volume sits at a side path, <root>/mnt/<repo>-<typ>,
+// and each object is linked in under its flat name, as
+// docs/azure-key-vault.md has operators do; in the tree layout it is the
+// <root>/<repo>/<typ> directory itself.
+func (k *testKBS) WriteCSI(repo, typ string, files map[string][]byte) error {
+	if k.Layout == layoutTree {
+		return kbs.WriteCSI(filepath.Join(k.Root, repo, typ), files)
+	}
+	mnt := filepath.Join(k.Root, "mnt", repo+"-"+typ)
+	if err := kbs.WriteCSI(mnt, files); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	return kbs.LocalFsStore{Dir: k.Root}.LinkObjects(repo, typ, mnt, names...)
 }
 
 // proxyProc is a running cdh-proxy.

@@ -43,7 +43,7 @@ func newSealedFixture(t *testing.T, k *testKBS) sealedFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := kbs.TreeStore{Dir: k.Root}
+	store := k.Store
 	for tag, v := range map[string][]byte{"env-secret": []byte("db-password-42"), "file-secret": []byte("-----tls key-----")} {
 		if err := store.Write("default", "sealed-secret", tag, v); err != nil {
 			t.Fatal(err)

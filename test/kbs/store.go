@@ -74,9 +74,17 @@ func (l LocalFsStore) LinkObjects(repo, typ, csiDir string, objects ...string) e
 		if strings.ContainsAny(o, "/\x00") || strings.HasPrefix(o, ".") {
 			return fmt.Errorf("link: bad object name %q", o)
 		}
-		name := l.name(repo, typ, o)
-		_ = os.Remove(name)
-		if err := os.Symlink(filepath.Join(csiDir, o), name); err != nil {
+		name, target := l.name(repo, typ, o), filepath.Join(csiDir, o)
+		if cur, err := os.Readlink(name); err == nil && cur == target {
+			continue // linked once for good: rotation happens behind ..data
+		}
+		// Replace atomically: a reader never finds the name missing.
+		tmp := name + ".tmp-link"
+		_ = os.Remove(tmp)
+		if err := os.Symlink(target, tmp); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, name); err != nil {
 			return err
 		}
 	}

@@ -80,7 +80,7 @@ type Flags struct {
 	KBSURLs       []string // --kbs-url, repeatable: endpoints in order of preference
 	KBSFailback   time.Duration
 	CachePlugins  []string
-	KBSCert       string // path to a PEM file
+	KBSCerts      []string // --kbs-cert, repeatable: PEM files of extra root CAs
 	ConfigFile    string // cdh.toml (-c)
 	Attester      string
 	KeyAlgorithm  string
@@ -248,8 +248,8 @@ func Load(f Flags, env Env) (*Config, error) {
 	if v, ok := env(EnvSkipSealedVerify); ok && strings.EqualFold(v, "true") {
 		c.SkipSealedSecretVerification = true
 	}
-	if f.KBSCert != "" {
-		pem, err := os.ReadFile(f.KBSCert)
+	for _, certFile := range f.KBSCerts {
+		pem, err := os.ReadFile(certFile)
 		if err != nil {
 			return nil, fmt.Errorf("--kbs-cert: %w", err)
 		}

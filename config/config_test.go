@@ -90,7 +90,7 @@ func TestDefaultsAndValidation(t *testing.T) {
 		"neg ttl":      {KBSURLs: []string{"http://x"}, CacheTTL: &neg},
 		"bad level":    {KBSURLs: []string{"http://x"}, LogLevel: "loud"},
 		"bad format":   {KBSURLs: []string{"http://x"}, LogFormat: "xml"},
-		"missing cert": {KBSURLs: []string{"http://x"}, KBSCert: "/nonexistent/ca.pem"},
+		"missing cert": {KBSURLs: []string{"http://x"}, KBSCerts: []string{"/nonexistent/ca.pem"}},
 		"missing file": {ConfigFile: "/nonexistent/cdh.toml"},
 	} {
 		if _, err := Load(f, env(nil)); err == nil {

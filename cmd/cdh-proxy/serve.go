@@ -22,7 +22,7 @@ const exitConfig = 78
 func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.Var(config.ListFlag{Values: &f.KBSURLs}, "kbs-url", "KBS base URL, e.g. https://kbs.example:8080 (overrides AA_KBC_PARAMS and cdh.toml); repeat for further endpoints of the same KBS, tried in order when one is unavailable")
 	fs.DurationVar(&f.KBSFailback, "kbs-failback", 0, "with several --kbs-url: how long an endpoint that failed is passed over before it is preferred again (default 60s)")
-	fs.StringVar(&f.KBSCert, "kbs-cert", "", "PEM file with an extra root CA for the KBS")
+	fs.Var(config.ListFlag{Values: &f.KBSCerts}, "kbs-cert", "PEM file with an extra root CA for the KBS (repeatable: endpoints may have their own CAs)")
 	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, socket, [[credentials]], [log] level)")
 	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
 	fs.StringVar(&f.Attester, "attester", "auto", "evidence source: auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm, or sample (development only)")

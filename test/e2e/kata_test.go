@@ -236,7 +236,8 @@ func TestHostileSealedSecrets(t *testing.T) {
 	}
 	for uri, want := range map[string]codes.Code{
 		"kbs:///default/../x":                  codes.InvalidArgument,
-		"kbs+plugin:///a/b/c":                  codes.Unimplemented,
+		"kbs+plugin:///a/b/c":                  codes.NotFound, // the KBS has no plugin "plugin"
+		"kbs+sample:///../x":                   codes.InvalidArgument,
 		"https://kbs/default/a/b":              codes.InvalidArgument,
 		"kbs:///default/akv/nope":              codes.NotFound,
 		"kbs://ignored:1/default/akv/coco_one": codes.OK,
@@ -301,6 +302,12 @@ func TestDropInInvocations(t *testing.T) {
 	}
 	if r := asr.get("/cdh/resource/default/akv/nope"); r.Status != 404 {
 		t.Fatalf("ASR missing resource: %d %s", r.Status, r.Body)
+	}
+	if r := asr.get("/cdh/plugin/credential/a?x=1"); r.Status != 200 || !strings.HasSuffix(r.Body, " for /a?x=1") {
+		t.Fatalf("ASR → CDH plugin: %d %s", r.Status, r.Body)
+	}
+	if r := asr.get("/cdh/plugin/nope/a"); r.Status != 404 {
+		t.Fatalf("ASR → CDH missing plugin: %d %s", r.Status, r.Body)
 	}
 	if r := asr.get("/aa/token?token_type=kbs"); r.Status != 200 || !strings.Contains(r.Body, `"tee_keypair"`) {
 		t.Fatalf("ASR → AA token: %d", r.Status)

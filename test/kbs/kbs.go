@@ -43,6 +43,9 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AdminToken enables POST resource/… with "Authorization: Bearer <AdminToken>".
 	AdminToken string
+	// ProtocolVersion is the one KBS protocol version accepted at auth;
+	// "" → "0.4.0" (Trustee's). Another value plays a newer or older KBS.
+	ProtocolVersion string
 	// Plugins are served besides resource (see DefaultPlugins); others
 	// answer 404 PluginNotFound.
 	Plugins map[string]Plugin
@@ -97,6 +100,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.TokenLifetime <= 0 {
 		cfg.TokenLifetime = DefaultTokenLifetime
+	}
+	if cfg.ProtocolVersion == "" {
+		cfg.ProtocolVersion = "0.4.0"
 	}
 	if cfg.SessionLifetime <= 0 {
 		cfg.SessionLifetime = DefaultSessionLifetime

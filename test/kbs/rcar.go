@@ -58,8 +58,8 @@ func (s *Server) handleAuth(w http.ResponseWriter, r *http.Request) {
 		authFailed(w, "missing field `version`")
 		return
 	}
-	if version != "0.4.0" {
-		authFailed(w, "KBS Client Protocol Version Mismatch: expect =0.4.0 while the request is "+version)
+	if want := s.cfg.ProtocolVersion; version != want {
+		authFailed(w, "KBS Client Protocol Version Mismatch: expect ="+want+" while the request is "+version)
 		return
 	}
 	if err := json.Unmarshal(req["tee"], &tee); err != nil || !knownTees[tee] {

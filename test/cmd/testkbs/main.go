@@ -23,6 +23,7 @@ func main() {
 	repo := flag.String("repo-dir", "", "resource store directory (required)")
 	layout := flag.String("layout", "localfs", "store layout: localfs (current Trustee: <dir>/repository/<repo>\\x2F<type>\\x2F<tag>, symlinks followed) or tree (Trustee <= v0.18: <dir>/<repo>/<type>/<tag>, CSI mounts allowed)")
 	plugins := flag.Bool("plugins", true, "serve the sample (plain) and credential (encrypting) plugins besides resource")
+	protocol := flag.String("protocol-version", "0.4.0", "the KBS protocol version accepted at auth (another plays a newer or older Trustee)")
 	denyPlugin := flag.String("deny-plugin", "", "resource policy: deny this plugin")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a freshly generated CA")
 	caOut := flag.String("ca-out", "", "with --tls: write the CA certificate (PEM) here")
@@ -45,7 +46,7 @@ func main() {
 		os.Exit(2)
 	}
 	cfg := kbs.Config{Store: store, TokenLifetime: *tokenTTL, AdminToken: *admin,
-		Policy: kbs.Policy{DenySample: *denySample}, Logger: log}
+		Policy: kbs.Policy{DenySample: *denySample}, Logger: log, ProtocolVersion: *protocol}
 	if *plugins {
 		cfg.Plugins = kbs.DefaultPlugins()
 	}

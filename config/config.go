@@ -81,7 +81,7 @@ type Flags struct {
 	KBSFailback   time.Duration
 	CachePlugins  []string
 	KBSCerts      []string // --kbs-cert, repeatable: PEM files of extra root CAs
-	ConfigFile    string // cdh.toml (-c)
+	ConfigFile    string   // cdh.toml (-c)
 	Attester      string
 	KeyAlgorithm  string
 	Bind          string

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,26 +224,99 @@ func freePort(t *testing.T) string {
 	return port
 }
 
-// TestDocsAzureKeyVault runs the workload's command from the Key Vault
-// walkthrough against a proxy whose KBS serves the CSI layout the page
-// describes. Liberties: the proxy's test address replaces 127.0.0.1:8006, and
-// a machine without curl uses the repo's fetch stand-in.
+// TestDocsAzureKeyVault runs the Key Vault walkthrough's shell blocks: its
+// link-akv.sh against a CSI-style volume, whose links the test KBS's LocalFs
+// store (current Trustee's layout) then serves, and the workload's command
+// against a proxy in front of it. It checks what the page promises: a
+// rotation arrives through the links, an object added later is missing
+// until linked, and the kustomize patch mounts what the script expects.
+// Liberties: the proxy's test address replaces 127.0.0.1:8006, a machine
+// without curl uses the repo's fetch stand-in, and the paths are a temp dir's.
 func TestDocsAzureKeyVault(t *testing.T) {
-	blocks := shellBlocks(t, "../../docs/azure-key-vault.md")
-	if len(blocks) != 1 {
-		t.Fatalf("found %d shell blocks", len(blocks))
+	const doc = "../../docs/azure-key-vault.md"
+	blocks := shellBlocks(t, doc)
+	if len(blocks) != 2 || !strings.Contains(blocks[0], "link-akv.sh") || !strings.Contains(blocks[1], "curl ") {
+		t.Fatalf("want the link-akv.sh block and the workload's block, found %d blocks", len(blocks))
 	}
-	k := newKBS(t, kbs.Config{})
-	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	linkScript, workload := blocks[0], blocks[1]
+	page, _ := os.ReadFile(doc)
+	for _, want := range []string{
+		"mountPath: /mnt/akv", "command: [\"sh\", \"/scripts/link-akv.sh\"]", "- link-akv.sh",
+		"value: /opt/confidential-containers/storage/local_fs/repository",
+		"mountPath: /opt/confidential-containers/storage/local_fs }", "secretProviderClass: akv-kbs",
+	} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("the kustomize patch lacks %q", want)
+		}
+	}
+	for _, want := range []string{"AKV_MOUNT=${AKV_MOUNT:-/mnt/akv}", "REPOSITORY=${REPOSITORY:-/opt/confidential-containers/storage/local_fs/repository}"} {
+		if !strings.Contains(linkScript, want) {
+			t.Errorf("link-akv.sh defaults disagree with the patch: lacks %q", want)
+		}
+	}
+
+	dir := t.TempDir()
+	mnt, storage := filepath.Join(dir, "mnt", "akv"), filepath.Join(dir, "storage")
+	csi := func(files map[string]string) {
+		t.Helper()
+		b := map[string][]byte{}
+		for k, v := range files {
+			b[k] = []byte(v)
+		}
+		if err := kbs.WriteCSI(mnt, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func() string {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", linkScript)
+		cmd.Env = append(os.Environ(), "AKV_MOUNT="+mnt, "REPOSITORY="+filepath.Join(storage, "repository"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("link-akv.sh: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	csi(map[string]string{"coco_one": "a secret", "coco_two": "another secret"})
+	out := link()
+	mustContain(t, out, `default\x2Fakv\x2Fcoco_one -> `+mnt+"/coco_one")
+	if again := link(); again != "" {
+		t.Fatalf("a second run must leave correct links alone, it said: %s", again)
+	}
+	if target, err := os.Readlink(filepath.Join(storage, "repository", `default\x2Fakv\x2Fcoco_two`)); err != nil || target != filepath.Join(mnt, "coco_two") {
+		t.Fatalf("flat name for coco_two: %q %v", target, err)
+	}
+
+	srv, err := kbs.New(kbs.Config{Store: kbs.LocalFsStore{Dir: storage}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	p := startProxy(t, nil, nil, "--kbs-url", ts.URL, "--cache-ttl", "0")
 	root, _ := filepath.Abs("../..")
 	script := "set -euo pipefail\ncommand -v curl >/dev/null || curl() { go run " + filepath.Join(root, "test/cmd/fetch") + " \"$1\"; }\n" +
-		strings.ReplaceAll(blocks[0], "http://127.0.0.1:8006", p.Base)
+		strings.ReplaceAll(workload, "http://127.0.0.1:8006", p.Base)
 	cmd := exec.Command("bash", "-c", script)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr // curl's progress meter
-	out, err := cmd.Output()
-	if err != nil || string(out) != "a secret" {
-		t.Fatalf("%v: %q\n%s", err, out, stderr.String())
+	got, err := cmd.Output()
+	if err != nil || string(got) != "a secret" {
+		t.Fatalf("%v: %q\n%s", err, got, stderr.String())
+	}
+	// A rotation behind ..data arrives through the unchanged links.
+	csi(map[string]string{"coco_one": "rotated", "coco_two": "another secret"})
+	if r := p.get(cocoOne); r.Body != "rotated" {
+		t.Fatalf("after rotation: %d %q", r.Status, r.Body)
+	}
+	// An object added later is missing until the linker runs again.
+	csi(map[string]string{"coco_one": "rotated", "coco_two": "another secret", "coco_three": "new object"})
+	if r := p.get("/cdh/resource/default/akv/coco_three"); r.Status != 404 {
+		t.Fatalf("unlinked new object: %d %q, want 404 as the page says", r.Status, r.Body)
+	}
+	mustContain(t, link(), "coco_three")
+	if r := p.get("/cdh/resource/default/akv/coco_three"); r.Status != 200 || r.Body != "new object" {
+		t.Fatalf("linked new object: %d %q", r.Status, r.Body)
 	}
 }
 

@@ -7,6 +7,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,13 @@ type Fetch func(ctx context.Context) ([]byte, error)
 type Cache struct {
 	cfg Config
 
+	// base parents every fetch: fetches outlive the caller that started
+	// them (others may wait on them) but not the cache. Close cancels it
+	// and waits for them.
+	base    context.Context
+	cancel  context.CancelFunc
+	running sync.WaitGroup
+
 	mu      sync.Mutex
 	lru     *simplelru.LRU[string, *entry]
 	bytes   int64
@@ -89,7 +97,6 @@ type flight struct {
 	// one, with what it will run with.
 	next  *flight
 	fetch Fetch
-	ctx   context.Context
 }
 
 // New returns a Cache.
@@ -111,6 +118,7 @@ func New(cfg Config) (*Cache, error) {
 		cfg.Now = time.Now
 	}
 	c := &Cache{cfg: cfg, flights: map[string]*flight{}}
+	c.base, c.cancel = context.WithCancel(context.Background())
 	// The count bound is unused: bytes are the bound, enforced in store.
 	lru, err := simplelru.NewLRU(math.MaxInt32, c.onEvict)
 	if err != nil {
@@ -154,19 +162,23 @@ func (c *Cache) Get(ctx context.Context, key string, refresh bool, fetch Fetch) 
 		}
 	}
 	c.misses.Add(1)
+	if err := c.base.Err(); err != nil {
+		c.mu.Unlock()
+		return nil, Meta{}, fmt.Errorf("cache closed: %w", err)
+	}
 	f := c.flights[key]
 	switch {
 	case f == nil:
 		f = &flight{done: make(chan struct{})}
 		c.flights[key] = f
-		go c.run(context.WithoutCancel(ctx), key, f, fetch)
+		c.start(key, f, fetch)
 	case refresh || c.cfg.TTL == 0:
 		// The running fetch may have read the KBS before this caller
 		// arrived; one that must see the KBS as it is now waits for the
 		// follow-up, which starts when the running one ends and is shared
 		// by every such caller meanwhile.
 		if f.next == nil {
-			f.next = &flight{done: make(chan struct{}), fetch: fetch, ctx: context.WithoutCancel(ctx)}
+			f.next = &flight{done: make(chan struct{}), fetch: fetch}
 		}
 		f = f.next
 	}
@@ -238,8 +250,17 @@ func (c *Cache) Remove(key string) {
 	c.mu.Unlock()
 }
 
-func (c *Cache) run(ctx context.Context, key string, f *flight, fetch Fetch) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchTimeout)
+// start runs fetch for f in a goroutine the cache owns. Called under c.mu.
+func (c *Cache) start(key string, f *flight, fetch Fetch) {
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		c.run(key, f, fetch)
+	}()
+}
+
+func (c *Cache) run(key string, f *flight, fetch Fetch) {
+	ctx, cancel := context.WithTimeout(c.base, c.cfg.FetchTimeout)
 	c.fetches.Add(1)
 	b, err := fetch(ctx)
 	cancel()
@@ -253,7 +274,7 @@ func (c *Cache) run(ctx context.Context, key string, f *flight, fetch Fetch) {
 	if n := f.next; n != nil {
 		if n.waiters > 0 {
 			c.flights[key] = n
-			go c.run(n.ctx, key, n, n.fetch)
+			c.start(key, n, n.fetch)
 		} else { // every caller for it left before it started
 			n.finished, n.err = true, context.Canceled
 			close(n.done)
@@ -318,6 +339,14 @@ func (c *Cache) Run(ctx context.Context, interval time.Duration) error {
 			c.Sweep()
 		}
 	}
+}
+
+// Close cancels the fetches still running, waits for them to end, and
+// purges every entry. Get after Close fails with context.Canceled.
+func (c *Cache) Close() {
+	c.cancel()
+	c.running.Wait()
+	c.Purge()
 }
 
 // Purge removes every entry.

@@ -435,3 +435,34 @@ func waitFor(t *testing.T, c *Cache, cond func() bool) {
 		}
 	}
 }
+
+func TestCloseCancelsAndWaitsForFetches(t *testing.T) {
+	c, err := New(Config{TTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started, ended := make(chan struct{}), make(chan struct{})
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := c.Get(context.Background(), "k", false, func(ctx context.Context) ([]byte, error) {
+			close(started)
+			<-ctx.Done() // a fetch that only ends when cancelled
+			close(ended)
+			return nil, ctx.Err()
+		})
+		got <- err
+	}()
+	<-started
+	c.Close()
+	select {
+	case <-ended:
+	default:
+		t.Fatal("Close returned while a fetch was still running")
+	}
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiter: %v, want the cancellation", err)
+	}
+	if _, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return []byte("x"), nil }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get after Close: %v", err)
+	}
+}

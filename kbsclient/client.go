@@ -99,6 +99,9 @@ type Client struct {
 	flight     *handshakeFlight
 	retryAfter time.Time // no background refresh before this (after a failure)
 
+	lastFail   error     // the latest classified KBS failure, for LastFailure
+	lastFailAt time.Time // when (local clock)
+
 	handshakes, handshakeErrs, resourceReqs atomic.Uint64
 	failovers, protocolMismatches           atomic.Uint64
 }
@@ -237,22 +240,37 @@ func queryPart(q string) string {
 
 // get is the retry loop around one authorized GET: re-attest once on a
 // token problem, move to the next endpoint at once when this one is
-// unavailable, and otherwise back off between attempts.
+// unavailable, and otherwise back off between attempts. When ctx ends
+// first, the answer is a *DeadlineError carrying the last KBS failure, so
+// the outcome does not depend on whether the budget ran out during a
+// backoff or during a request.
 func (c *Client) get(ctx context.Context, op, suffix string, decode decodeFunc) ([]byte, error) {
 	var stale *session
+	var last error // the latest KBS failure of this call
 	reattested := false
 	switches := 0
 	for attempt := 0; ; {
 		plain, s, err := c.tryGet(ctx, op, suffix, stale, decode)
-		var kerr *Error
-		isKBSErr := errors.As(err, &kerr)
-		if !reattested && isKBSErr && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
-			c.log.Info("KBS rejected token; re-attesting once", "kbs", kerr.KBS, "kbs_error", kerr.KBSType)
-			stale, reattested = s, true
-			continue
+		if err == nil {
+			return plain, nil
 		}
-		if err == nil || !transient(err) || ctx.Err() != nil {
-			return plain, err
+		var kerr *Error
+		if errors.As(err, &kerr) {
+			last = err
+			if !reattested && kerr.Status == http.StatusUnauthorized && isTokenProblem(kerr.KBSType) {
+				c.log.Info("KBS rejected token; re-attesting once", "kbs", kerr.KBS, "kbs_error", kerr.KBSType)
+				stale, reattested = s, true
+				continue
+			}
+			if !transient(err) {
+				return nil, err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, &DeadlineError{Err: ctx.Err(), Last: last}
+		}
+		if kerr == nil {
+			return nil, err
 		}
 		if switches < len(c.eps)-1 && c.failedOver(kerr.KBS) {
 			// Another endpoint is up: try it now, in the same budget.
@@ -270,7 +288,7 @@ func (c *Client) get(ctx context.Context, op, suffix string, decode decodeFunc) 
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, err // the KBS failure is the cause; the budget only stopped the retries
+			return nil, &DeadlineError{Err: ctx.Err(), Last: last}
 		}
 	}
 }
@@ -526,11 +544,26 @@ func (c *Client) do(ctx context.Context, hc *http.Client, ep *endpoint, req *htt
 	var kerr *Error
 	if errors.As(err, &kerr) {
 		kerr.KBS = ep.name
+		c.mu.Lock()
+		c.lastFail, c.lastFailAt = err, c.cfg.Now()
+		c.mu.Unlock()
 		if kerr.Kind == Unavailable {
 			c.markDown(ep, err)
 		}
 	}
 	return body, ctype, err
+}
+
+// LastFailure returns the latest classified KBS failure if it happened at
+// or after since, else nil. A caller that stopped waiting for a shared
+// fetch uses it to say why its budget ran out.
+func (c *Client) LastFailure(since time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastFail == nil || c.lastFailAt.Before(since) {
+		return nil
+	}
+	return c.lastFail
 }
 
 func (c *Client) roundTrip(ctx context.Context, hc *http.Client, req *http.Request, op string) ([]byte, string, error) {

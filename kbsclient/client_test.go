@@ -410,17 +410,3 @@ func TestTransientFailuresRetried(t *testing.T) {
 		t.Fatalf("policy deny retried: %d requests", c.Resource)
 	}
 }
-
-func TestRetriesStopAtDeadline(t *testing.T) {
-	f := newFixture(t, kbs.Config{}, Config{MaxRetries: 100, Rand: func() float64 { return 0.999 }})
-	f.kbs.SetFaults(kbs.Faults{Status: 500, Only: []kbs.Endpoint{kbs.EndpointResource}})
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	_, err := f.client.Resource(ctx, coco)
-	if kerr := (*Error)(nil); !errors.As(err, &kerr) || kerr.Kind != Unavailable {
-		t.Fatalf("err = %v, want the KBS error when the budget ends mid-backoff", err)
-	}
-	if ctx.Err() == nil {
-		<-ctx.Done()
-	}
-}

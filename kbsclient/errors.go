@@ -92,6 +92,29 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// DeadlineError is the caller's context ending before the KBS answered
+// for good. Last is the KBS failure seen before, if any: the reason the
+// budget ran out. It matches both errors.Is(err, context.DeadlineExceeded)
+// (or Canceled) and errors.As(err, **Error) when Last is set.
+type DeadlineError struct {
+	Err  error // ctx.Err()
+	Last error // the last *Error of this call, nil when the KBS never answered
+}
+
+func (e *DeadlineError) Error() string {
+	if e.Last == nil {
+		return e.Err.Error()
+	}
+	return e.Err.Error() + "; last KBS failure: " + e.Last.Error()
+}
+
+func (e *DeadlineError) Unwrap() []error {
+	if e.Last == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Err, e.Last}
+}
+
 // KindOf returns the Kind of err, or 0 when err is not a *Error.
 func KindOf(err error) Kind {
 	var e *Error

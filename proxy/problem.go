@@ -70,6 +70,9 @@ func classify(err error) problem {
 		p = problem{Type: "urn:cdh-proxy:method-not-allowed", Status: http.StatusMethodNotAllowed}
 	case errors.Is(err, context.DeadlineExceeded):
 		p = problem{Type: "urn:cdh-proxy:timeout", Status: http.StatusGatewayTimeout}
+		if errors.As(err, &kerr) { // the KBS failure that used up the budget
+			p.KBSType, p.KBSDetail = kerr.KBSType, kerr.KBSDetail
+		}
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody reads this, but log lines want a status.
 		p = problem{Type: "urn:cdh-proxy:canceled", Status: 499}

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
@@ -65,7 +67,9 @@ func (c *CachedResources) Plugin(ctx context.Context, p resource.Plugin, refresh
 }
 
 func (c *CachedResources) cached(ctx context.Context, key string, refresh bool, fetch func(context.Context) ([]byte, error)) (*cache.Value, cache.Meta, error) {
+	start := time.Now()
 	v, meta, err := c.Cache.Get(ctx, key, refresh, fetch)
+	err = c.withCause(err, start)
 	if err == nil {
 		return v, meta, nil
 	}
@@ -79,6 +83,24 @@ func (c *CachedResources) cached(ctx context.Context, key string, refresh bool, 
 		return sv, smeta, nil
 	}
 	return nil, meta, err
+}
+
+// withCause attaches the KBS failure behind a budget that ran out while
+// this caller waited on a shared fetch: the caller left on its own
+// deadline, so the fetch's error never reached it.
+func (c *CachedResources) withCause(err error, start time.Time) error {
+	var derr *kbsclient.DeadlineError
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || errors.As(err, &derr) {
+		return err
+	}
+	lf, ok := c.KBS.(interface{ LastFailure(since time.Time) error })
+	if !ok {
+		return err
+	}
+	if last := lf.LastFailure(start); last != nil {
+		return &kbsclient.DeadlineError{Err: err, Last: last}
+	}
+	return err
 }
 
 // Lookup serves a fresh cached copy without a context, a fetch closure or a

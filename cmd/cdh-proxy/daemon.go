@@ -39,6 +39,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, p parts, log *slog.Logge
 	if err != nil {
 		return configError{err}
 	}
+	defer c.Close()
 	// The KBS client reports step latencies to the metrics, and the metrics
 	// read the client's counters at scrape time (only once serving starts,
 	// after kbs is set).

@@ -4,6 +4,7 @@ package aa
 
 import (
 	context "context"
+
 	ttrpc "github.com/containerd/ttrpc"
 )
 

@@ -4,6 +4,7 @@ package cdh
 
 import (
 	context "context"
+
 	ttrpc "github.com/containerd/ttrpc"
 )
 

@@ -4,6 +4,7 @@ package keyprovider
 
 import (
 	context "context"
+
 	ttrpc "github.com/containerd/ttrpc"
 )
 

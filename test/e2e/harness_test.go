@@ -20,9 +20,8 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
 
-// proxyBin is the production build; fakeProxyBin is built with the
-// cdhproxy_fakehw tag, which lets CDH_PROXY_FAKEHW swap configfs-tsm for a
-// simulator (and changes nothing else).
+// proxyBin is the production build; fakeProxyBin is test/cmd/cdh-proxy-fakehw,
+// the same commands handed a simulator ($CDH_PROXY_FAKEHW) as hardware.
 var proxyBin, fakeProxyBin string
 
 func TestMain(m *testing.M) {
@@ -35,7 +34,7 @@ func TestMain(m *testing.M) {
 	fakeProxyBin = filepath.Join(dir, "cdh-proxy-fakehw")
 	for _, b := range [][]string{
 		{"build", "-race", "-o", proxyBin, "../../cmd/cdh-proxy"},
-		{"build", "-race", "-tags", "cdhproxy_fakehw", "-o", fakeProxyBin, "../../cmd/cdh-proxy"},
+		{"build", "-race", "-o", fakeProxyBin, "../../test/cmd/cdh-proxy-fakehw"},
 	} {
 		build := exec.Command("go", b...)
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr

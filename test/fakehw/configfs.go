@@ -63,8 +63,8 @@ func (s *SNP) ConfigFS() configfsi.Client {
 }
 
 // LoadConfigFS loads the simulator saved in dir for tee ("tdx" or "snp")
-// and returns its configfs-tsm emulation: how a cdh-proxy built with the
-// cdhproxy_fakehw tag gets its "hardware" in end-to-end tests.
+// and returns its configfs-tsm emulation: the "hardware" that
+// test/cmd/cdh-proxy-fakehw hands cdh-proxy's commands in end-to-end tests.
 func LoadConfigFS(tee, dir string) (configfsi.Client, error) {
 	switch tee {
 	case "tdx":

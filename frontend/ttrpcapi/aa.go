@@ -1,0 +1,79 @@
+package ttrpcapi
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cdh-proxy/cdh-proxy/api/aa"
+	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// AAConfig configures the Attestation Agent ttrpc service.
+type AAConfig struct {
+	Tee      string            // GetTeeType
+	Evidence core.EvidenceFunc // GetEvidence
+	Token    core.TokenFunc    // GetToken("kbs")
+	Budget   time.Duration
+}
+
+// RegisterAA registers AttestationAgentService.
+func RegisterAA(srv *ttrpc.Server, cfg AAConfig) error {
+	if cfg.Evidence == nil || cfg.Token == nil || cfg.Tee == "" {
+		return errors.New("ttrpcapi: AA needs Tee, Evidence and Token")
+	}
+	if cfg.Budget <= 0 {
+		cfg.Budget = DefaultBudget
+	}
+	aa.RegisterAttestationAgentServiceService(srv, &aaService{cfg: cfg})
+	return nil
+}
+
+type aaService struct{ cfg AAConfig }
+
+func (s *aaService) GetEvidence(ctx context.Context, req *aa.GetEvidenceRequest) (*aa.GetEvidenceResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Budget)
+	defer cancel()
+	ev, err := s.cfg.Evidence(ctx, req.GetRuntimeData())
+	if err != nil {
+		return nil, core.ClassifyEvidence(err).GRPC()
+	}
+	return &aa.GetEvidenceResponse{Evidence: ev}, nil
+}
+
+func (s *aaService) GetToken(ctx context.Context, req *aa.GetTokenRequest) (*aa.GetTokenResponse, error) {
+	if req.GetTokenType() != "kbs" {
+		return nil, status.Errorf(codes.InvalidArgument, "token type %q not supported (only kbs)", req.GetTokenType())
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Budget)
+	defer cancel()
+	b, err := core.TokenJSON(ctx, s.cfg.Token)
+	if err != nil {
+		return nil, core.Classify(err).GRPC()
+	}
+	return &aa.GetTokenResponse{Token: b}, nil
+}
+
+func (s *aaService) GetTeeType(context.Context, *aa.GetTeeTypeRequest) (*aa.GetTeeTypeResponse, error) {
+	return &aa.GetTeeTypeResponse{Tee: s.cfg.Tee}, nil
+}
+
+func (s *aaService) GetAdditionalTees(context.Context, *aa.GetAdditionalTeesRequest) (*aa.GetAdditionalTeesResponse, error) {
+	return &aa.GetAdditionalTeesResponse{}, nil
+}
+
+// ExtendRuntimeMeasurement answers NOT_ENABLED, which CDH treats as non-fatal.
+func (s *aaService) ExtendRuntimeMeasurement(context.Context, *aa.ExtendRuntimeMeasurementRequest) (*aa.ExtendRuntimeMeasurementResponse, error) {
+	return &aa.ExtendRuntimeMeasurementResponse{Result: aa.RuntimeMeasurementResult_NOT_ENABLED}, nil
+}
+
+func (s *aaService) GetAdditionalEvidence(context.Context, *aa.GetAdditionalEvidenceRequest) (*aa.GetEvidenceResponse, error) {
+	return nil, unimpl("GetAdditionalEvidence")
+}
+
+func (s *aaService) BindInitData(context.Context, *aa.BindInitDataRequest) (*aa.BindInitDataResponse, error) {
+	return nil, unimpl("BindInitData")
+}

@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+func testConfig(t *testing.T, f config.Flags) *config.Config {
+	t.Helper()
+	store := kbs.LocalFsStore{Dir: t.TempDir()}
+	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := kbs.New(kbs.Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	f.KBSURLs = []string{ts.URL}
+	f.Attester = "sample"
+	if f.Bind == "" {
+		f.Bind = "127.0.0.1:0"
+	}
+	f.Cmdline, f.InitDataDir = "-", "-"
+	cfg, err := config.Load(f, func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// The daemon in process, over real sockets: built, run, serving, stopped,
+// and every listener and socket released.
+func TestDaemonServesAndStops(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dmn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := "unix://" + filepath.Join(dir, "cdh.sock")
+	cfg := testConfig(t, config.Flags{CDHSocket: &sock})
+	var notified []string
+	d, err := New(context.Background(), cfg, ServeParts(cfg), Options{Notify: func(s string) error { notified = append(notified, s); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"http", "cdh-ttrpc", "cache-sweeper", "startup-attestation", "credentials"}
+	if !slices.Equal(d.Tasks(), want) {
+		t.Fatalf("tasks %q, want %q", d.Tasks(), want)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	resp, err := http.Get("http://" + d.HTTPAddr() + "/cdh/resource/default/akv/coco_one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "a secret" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !slices.Equal(notified, []string{"READY=1"}) {
+		t.Fatalf("notified %q", notified)
+	}
+	if _, err := net.Dial("tcp", d.HTTPAddr()); err == nil {
+		t.Fatal("HTTP listener still open after Run returned")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cdh.sock")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("CDH socket left behind: %v", err)
+	}
+}
+
+// A failure while building releases what was already bound.
+func TestNewReleasesOnFailure(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bind := free.Addr().String()
+	free.Close()
+	cfg := testConfig(t, config.Flags{Bind: bind, MetricsBind: taken.Addr().String()})
+	if _, err := New(context.Background(), cfg, ServeParts(cfg), Options{}); err == nil {
+		t.Fatal("New succeeded with --metrics-bind on a taken port")
+	}
+	again, err := net.Listen("tcp", bind)
+	if err != nil {
+		t.Fatalf("the HTTP listener bound before the failure was not released: %v", err)
+	}
+	again.Close()
+	cfg.MetricsBind = ""
+	if _, err := New(context.Background(), cfg, Parts{}, Options{}); !errors.As(err, new(ConfigError)) {
+		t.Fatalf("nothing to serve: %v, want a ConfigError", err)
+	}
+}
+
+func TestRunTasksFirstErrorStopsTheRest(t *testing.T) {
+	boom := errors.New("boom")
+	stopped := make(chan struct{})
+	err := RunTasks(context.Background(),
+		Task{"fails", func(context.Context) error { return boom }},
+		Task{"waits", func(ctx context.Context) error { <-ctx.Done(); close(stopped); return nil }},
+		Task{"ends early", func(context.Context) error { return nil }},
+	)
+	if !errors.Is(err, boom) || err.Error() != "fails: boom" {
+		t.Fatalf("%v", err)
+	}
+	select {
+	case <-stopped:
+	default:
+		t.Fatal("RunTasks returned before every task stopped")
+	}
+}

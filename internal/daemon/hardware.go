@@ -1,0 +1,98 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/go-configfs-tsm/configfs/configfsi"
+
+	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/azure"
+	"github.com/cdh-proxy/cdh-proxy/attester/detect"
+	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/kbsclient"
+)
+
+// Hardware is where the attesters find the TEE. The zero value is this
+// machine; tests pass simulated hardware (test/fakehw) in its place, so
+// everything above configfs-tsm, the device nodes and the vTPM runs as in
+// production.
+type Hardware struct {
+	TSM    configfsi.Client // nil → the real /sys/kernel/config/tsm
+	DevDir string           // "" → /dev
+	// TPM is the Azure vTPM when the configuration names none ("" →
+	// /dev/tpmrm0); a unix socket is spoken to as swtpm's.
+	TPM string
+}
+
+// env is the detection environment for cfg on hw.
+func (hw Hardware) env(cfg *config.Config, log *slog.Logger) detect.Env {
+	env := detect.Env{
+		TSM: hw.TSM, DevDir: hw.DevDir, Logger: log, TDXEventLog: cfg.TDXEventLog,
+		Azure:                azure.Options{TPM: cfg.TPM, IMDS: cfg.AzureIMDS},
+		AzureEvidenceVersion: cfg.AzureEvidenceVersion,
+	}
+	if env.Azure.TPM == "" {
+		env.Azure.TPM = hw.TPM
+	}
+	return env
+}
+
+// NewAttester detects (or builds the asked-for) attester on hw and binds
+// init-data where the attester does it itself.
+func NewAttester(ctx context.Context, cfg *config.Config, hw Hardware, log *slog.Logger) (attester.Attester, error) {
+	att, err := detect.New(ctx, cfg.Attester, hw.env(cfg, log))
+	if err != nil {
+		return nil, ConfigError{err}
+	}
+	if err := bindInitData(ctx, att, cfg.InitData, log); err != nil {
+		return nil, err
+	}
+	return att, nil
+}
+
+// NewKBSClient builds the KBS client for cfg: the one place serve, the
+// drop-ins and get do it. trace may be nil.
+func NewKBSClient(cfg *config.Config, att attester.Attester, log *slog.Logger, trace func(string, time.Duration)) (*kbsclient.Client, error) {
+	hc, err := kbsclient.NewHTTPClient(cfg.KBSCerts...)
+	if err != nil {
+		return nil, ConfigError{err}
+	}
+	kbs, err := kbsclient.New(kbsclient.Config{
+		URL: cfg.KBSURLs[0], URLs: cfg.KBSURLs[1:], FailbackAfter: cfg.KBSFailback, Attester: att,
+		KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
+		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget, Trace: trace,
+	})
+	if err != nil {
+		return nil, ConfigError{err}
+	}
+	return kbs, nil
+}
+
+// bindInitData measures init-data into the TEE where the attester does it
+// itself (Azure vTPM: PCR8); TDX and SNP carry it in MRCONFIGID/HOSTDATA,
+// set by the host at launch.
+func bindInitData(ctx context.Context, att attester.Attester, initData []byte, log *slog.Logger) error {
+	b, ok := att.(interface {
+		BindInitData(ctx context.Context, algorithm string, digest []byte) (bool, error)
+	})
+	if !ok || initData == nil {
+		return nil
+	}
+	alg, digest, err := config.InitDataDigest(initData)
+	if err != nil {
+		return ConfigError{err}
+	}
+	extended, err := b.BindInitData(ctx, alg, digest)
+	if errors.Is(err, azure.ErrInitDataAlgorithm) {
+		return ConfigError{err}
+	}
+	if err != nil {
+		return fmt.Errorf("bind init-data: %w", err)
+	}
+	log.Info("init-data bound", "tee", att.Tee(), "pcr", 8, "extended", extended)
+	return nil
+}

@@ -1,0 +1,44 @@
+// Command cdh-proxy-fakehw is cdh-proxy on simulated hardware, for the
+// end-to-end tests and the README's evidence examples: the same commands
+// (internal/cli) with the configfs-tsm of a test/fakehw simulator saved in
+// $CDH_PROXY_FAKEHW_DIR for $CDH_PROXY_FAKEHW (tdx or snp), and the real
+// /dev and vTPM hidden. It is never shipped: the production binary,
+// cmd/cdh-proxy, contains no simulator.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cdh-proxy/cdh-proxy/internal/cli"
+	"github.com/cdh-proxy/cdh-proxy/internal/daemon"
+	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
+)
+
+func main() {
+	cli.SetupProcess()
+	hw, err := hardware()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cdh-proxy-fakehw:", err)
+		os.Exit(1)
+	}
+	os.Exit(cli.Main(os.Args[0], os.Args[1:], os.Stdout, os.Stderr, cli.Process{Version: "fakehw", Hardware: hw}))
+}
+
+// hardware is the simulator named by the environment; without one, a
+// machine with no TEE at all (never the test machine's own devices).
+func hardware() (daemon.Hardware, error) {
+	noDev := filepath.Join(os.TempDir(), "cdh-proxy-fakehw-no-dev")
+	hw := daemon.Hardware{DevDir: noDev, TPM: filepath.Join(noDev, "tpmrm0")}
+	tee := os.Getenv("CDH_PROXY_FAKEHW")
+	if tee == "" {
+		return hw, nil
+	}
+	fs, err := fakehw.LoadConfigFS(tee, os.Getenv("CDH_PROXY_FAKEHW_DIR"))
+	if err != nil {
+		return hw, err
+	}
+	hw.TSM = fs
+	return hw, nil
+}

@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
+
 	"bytes"
 	"context"
 	"errors"
@@ -8,27 +10,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Unix(1_700_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 func newCache(t *testing.T, cfg Config) *Cache {
 	t.Helper()
@@ -57,7 +41,7 @@ func get(t *testing.T, c *Cache, key string, refresh bool, f Fetch) (string, Met
 }
 
 func TestHitMissAndTTL(t *testing.T) {
-	clk := newClock()
+	clk := testutil.NewClock()
 	c := newCache(t, Config{TTL: time.Minute, Now: clk.Now})
 	var calls atomic.Int32
 	if got, m := get(t, c, "k", false, static("v1", &calls)); got != "v1" || m.Hit {
@@ -164,103 +148,91 @@ func TestEvictionNeverZeroesHeldBuffer(t *testing.T) {
 }
 
 func TestCoalescing(t *testing.T) {
-	c := newCache(t, Config{TTL: time.Hour})
-	var calls atomic.Int32
-	release := make(chan struct{})
-	fetch := func(context.Context) ([]byte, error) {
-		calls.Add(1)
-		<-release
-		return []byte("shared"), nil
-	}
-	const n = 1000
-	errs := make(chan error, n)
-	var started sync.WaitGroup
-	started.Add(n)
-	for range n {
-		go func() {
-			started.Done()
-			v, _, err := c.Get(context.Background(), "k", false, fetch)
-			if err == nil {
-				if string(v.Bytes()) != "shared" {
-					err = fmt.Errorf("got %q", v.Bytes())
+	synctest.Test(t, func(t *testing.T) {
+		c := newCache(t, Config{TTL: time.Hour})
+		var calls atomic.Int32
+		release := make(chan struct{})
+		fetch := func(context.Context) ([]byte, error) {
+			calls.Add(1)
+			<-release
+			return []byte("shared"), nil
+		}
+		const n = 1000
+		errs := make(chan error, n)
+		var started sync.WaitGroup
+		started.Add(n)
+		for range n {
+			go func() {
+				started.Done()
+				v, _, err := c.Get(context.Background(), "k", false, fetch)
+				if err == nil {
+					if string(v.Bytes()) != "shared" {
+						err = fmt.Errorf("got %q", v.Bytes())
+					}
+					v.Release()
 				}
-				v.Release()
+				errs <- err
+			}()
+		}
+		started.Wait()
+		// Every goroutine joined the flight before it may finish.
+		waitFor(t, c, func() bool { f := c.flights["k"]; return f != nil && f.waiters == n })
+		close(release)
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
 			}
-			errs <- err
-		}()
-	}
-	started.Wait()
-	// Wait until every goroutine joined the flight before letting it finish.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		c.mu.Lock()
-		f := c.flights["k"]
-		w := int32(0)
-		if f != nil {
-			w = f.waiters
 		}
-		c.mu.Unlock()
-		if w == n {
-			break
+		if calls.Load() != 1 {
+			t.Fatalf("fetches = %d, want 1", calls.Load())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d waiters joined", w)
+		// All readers released: only the cache's reference remains.
+		e, _ := c.lru.Peek("k")
+		if r := e.val.refs.Load(); r != 1 {
+			t.Fatalf("refs = %d, want 1", r)
 		}
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
-	for range n {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if calls.Load() != 1 {
-		t.Fatalf("fetches = %d, want 1", calls.Load())
-	}
-	// All readers released: only the cache's reference remains.
-	e, _ := c.lru.Peek("k")
-	if r := e.val.refs.Load(); r != 1 {
-		t.Fatalf("refs = %d, want 1", r)
-	}
+	})
 }
 
 func TestWaiterLeavesOnOwnContext(t *testing.T) {
-	c := newCache(t, Config{TTL: time.Hour})
-	release := make(chan struct{})
-	fetchCtxErr := make(chan error, 1)
-	fetch := func(ctx context.Context) ([]byte, error) {
-		<-release
-		fetchCtxErr <- ctx.Err()
-		return []byte("v"), nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, _, err := c.Get(ctx, "k", false, fetch)
-		done <- err
-	}()
-	for c.Stats().Misses == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Get after cancel = %v, want Canceled", err)
-	}
-	close(release)
-	// The fetch ran on its own budget, not the cancelled caller's.
-	if err := <-fetchCtxErr; err != nil {
-		t.Fatalf("fetch ctx = %v, want alive", err)
-	}
-	var calls atomic.Int32
-	for c.Stats().Entries == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	if got, m := get(t, c, "k", false, static("x", &calls)); got != "v" || !m.Hit {
-		t.Fatalf("later Get = %q hit=%v; the abandoned fetch should have filled the cache", got, m.Hit)
-	}
-	e, _ := c.lru.Peek("k")
-	if r := e.val.refs.Load(); r != 1 {
-		t.Fatalf("refs = %d, want 1 (the leaver's reference must not leak)", r)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		c := newCache(t, Config{TTL: time.Hour})
+		release := make(chan struct{})
+		fetchCtxErr := make(chan error, 1)
+		fetch := func(ctx context.Context) ([]byte, error) {
+			<-release
+			fetchCtxErr <- ctx.Err()
+			return []byte("v"), nil
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := c.Get(ctx, "k", false, fetch)
+			done <- err
+		}()
+		synctest.Wait() // the caller is waiting on the fetch
+		if c.Stats().Misses != 1 {
+			t.Fatalf("misses %d", c.Stats().Misses)
+		}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Get after cancel = %v, want Canceled", err)
+		}
+		close(release)
+		// The fetch ran on its own budget, not the cancelled caller's.
+		if err := <-fetchCtxErr; err != nil {
+			t.Fatalf("fetch ctx = %v, want alive", err)
+		}
+		var calls atomic.Int32
+		synctest.Wait() // the abandoned fetch has stored its value
+		if got, m := get(t, c, "k", false, static("x", &calls)); got != "v" || !m.Hit {
+			t.Fatalf("later Get = %q hit=%v; the abandoned fetch should have filled the cache", got, m.Hit)
+		}
+		e, _ := c.lru.Peek("k")
+		if r := e.val.refs.Load(); r != 1 {
+			t.Fatalf("refs = %d, want 1 (the leaver's reference must not leak)", r)
+		}
+	})
 }
 
 func TestFetchErrorNotCached(t *testing.T) {
@@ -277,7 +249,7 @@ func TestFetchErrorNotCached(t *testing.T) {
 }
 
 func TestSweepZeroesExpired(t *testing.T) {
-	clk := newClock()
+	clk := testutil.NewClock()
 	c := newCache(t, Config{TTL: time.Second, Now: clk.Now})
 	buf := []byte("plaintext")
 	v, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return buf, nil })
@@ -318,7 +290,7 @@ func BenchmarkHit(b *testing.B) {
 }
 
 func TestStaleIfError(t *testing.T) {
-	clk := newClock()
+	clk := testutil.NewClock()
 	c := newCache(t, Config{TTL: time.Minute, StaleIfError: 10 * time.Minute, Now: clk.Now})
 	var calls atomic.Int32
 	get(t, c, "k", false, static("v1", &calls))
@@ -358,42 +330,46 @@ func TestFreshCallersDoNotJoinOlderFetch(t *testing.T) {
 		refresh bool
 	}{{"ttl 0", 0, false}, {"no-cache", time.Hour, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newCache(t, Config{TTL: tc.ttl})
-			var calls atomic.Int32
-			value := atomic.Value{}
-			value.Store("old")
-			release := make(chan struct{})
-			fetch := func(context.Context) ([]byte, error) {
-				n := calls.Add(1)
-				v := value.Load().(string) // the KBS is read here...
-				if n == 1 {
-					<-release // ...and answers late
-				}
-				return []byte(v), nil
-			}
-			first := make(chan string, 1)
-			go func() { s, _ := get(t, c, "k", tc.refresh, fetch); first <- s }()
-			waitFlight(t, c, "k", 1)
-			value.Store("new") // rotation, seen by callers arriving from now on
-			const n = 20
-			later := make(chan string, n)
-			for range n {
-				go func() { s, _ := get(t, c, "k", tc.refresh, fetch); later <- s }()
-			}
-			waitNext(t, c, "k", n)
-			close(release)
-			if s := <-first; s != "old" {
-				t.Fatalf("first caller got %q", s)
-			}
-			for range n {
-				if s := <-later; s != "new" {
-					t.Fatalf("a caller arriving after the rotation got %q", s)
-				}
-			}
-			if got := calls.Load(); got != 2 {
-				t.Fatalf("fetches = %d, want 2 (the follow-up is shared)", got)
-			}
+			synctest.Test(t, func(t *testing.T) { freshCallers(t, tc.ttl, tc.refresh) })
 		})
+	}
+}
+
+func freshCallers(t *testing.T, ttl time.Duration, refresh bool) {
+	c := newCache(t, Config{TTL: ttl})
+	var calls atomic.Int32
+	value := atomic.Value{}
+	value.Store("old")
+	release := make(chan struct{})
+	fetch := func(context.Context) ([]byte, error) {
+		n := calls.Add(1)
+		v := value.Load().(string) // the KBS is read here...
+		if n == 1 {
+			<-release // ...and answers late
+		}
+		return []byte(v), nil
+	}
+	first := make(chan string, 1)
+	go func() { s, _ := get(t, c, "k", refresh, fetch); first <- s }()
+	waitFlight(t, c, "k", 1)
+	value.Store("new") // rotation, seen by callers arriving from now on
+	const n = 20
+	later := make(chan string, n)
+	for range n {
+		go func() { s, _ := get(t, c, "k", refresh, fetch); later <- s }()
+	}
+	waitNext(t, c, "k", n)
+	close(release)
+	if s := <-first; s != "old" {
+		t.Fatalf("first caller got %q", s)
+	}
+	for range n {
+		if s := <-later; s != "new" {
+			t.Fatalf("a caller arriving after the rotation got %q", s)
+		}
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("fetches = %d, want 2 (the follow-up is shared)", got)
 	}
 }
 
@@ -420,49 +396,48 @@ func waitNext(t *testing.T, c *Cache, key string, n int32) {
 	})
 }
 
-// waitFor polls cond under c.mu.
+// waitFor checks cond under c.mu once every goroutine of the test's
+// bubble is blocked: the state it describes must have been reached.
 func waitFor(t *testing.T, c *Cache, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.mu.Lock()
-		ok := cond()
-		c.mu.Unlock()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10 s")
-		}
+	synctest.Wait()
+	c.mu.Lock()
+	ok := cond()
+	c.mu.Unlock()
+	if !ok {
+		t.Fatal("condition not reached once every goroutine was blocked")
 	}
 }
 
 func TestCloseCancelsAndWaitsForFetches(t *testing.T) {
-	c, err := New(Config{TTL: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	started, ended := make(chan struct{}), make(chan struct{})
-	got := make(chan error, 1)
-	go func() {
-		_, _, err := c.Get(context.Background(), "k", false, func(ctx context.Context) ([]byte, error) {
-			close(started)
-			<-ctx.Done() // a fetch that only ends when cancelled
-			close(ended)
-			return nil, ctx.Err()
-		})
-		got <- err
-	}()
-	<-started
-	c.Close()
-	select {
-	case <-ended:
-	default:
-		t.Fatal("Close returned while a fetch was still running")
-	}
-	if err := <-got; !errors.Is(err, context.Canceled) {
-		t.Fatalf("waiter: %v, want the cancellation", err)
-	}
-	if _, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return []byte("x"), nil }); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Get after Close: %v", err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		c, err := New(Config{TTL: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		started, ended := make(chan struct{}), make(chan struct{})
+		got := make(chan error, 1)
+		go func() {
+			_, _, err := c.Get(context.Background(), "k", false, func(ctx context.Context) ([]byte, error) {
+				close(started)
+				<-ctx.Done() // a fetch that only ends when cancelled
+				close(ended)
+				return nil, ctx.Err()
+			})
+			got <- err
+		}()
+		<-started
+		c.Close()
+		select {
+		case <-ended:
+		default:
+			t.Fatal("Close returned while a fetch was still running")
+		}
+		if err := <-got; !errors.Is(err, context.Canceled) {
+			t.Fatalf("waiter: %v, want the cancellation", err)
+		}
+		if _, _, err := c.Get(context.Background(), "k", false, func(context.Context) ([]byte, error) { return []byte("x"), nil }); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Get after Close: %v", err)
+		}
+	})
 }

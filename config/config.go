@@ -1,22 +1,21 @@
 // Package config turns flags, environment and the files operators already
-// write (cdh.toml; aa.toml, kernel cmdline and initdata in later issues) into
-// one validated Config of plain values. Components never read env, flags or
-// files themselves: main fills their Configs from this one.
+// write (cdh.toml, aa.toml, the kernel cmdline, initdata) into one validated
+// Config of plain values, recording which source set each value. Each
+// source is read by one function into a partial config (sources.go); Load
+// merges them in one explicit order of precedence. Components never read
+// env, flags or files themselves: the daemon fills their Configs from this.
 package config
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 
@@ -56,11 +55,11 @@ type Config struct {
 	MetricsBind   string        // extra listener serving only /metrics; "" = none
 	Budget        time.Duration
 	LogLevel      string
-	LogFormat     string // text | json
-	Features      string // resource | attestation | all (ASR --features)
-	TDXEventLog   string // CCEL path sent as cc_eventlog; "" sends null
-	TPM           string // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
-	AzureIMDS     string // Azure metadata service base URL; "" = http://169.254.169.254
+	LogFormat     string        // text | json
+	Features      core.Features // ASR --features route groups
+	TDXEventLog   string        // CCEL path sent as cc_eventlog; "" sends null
+	TPM           string        // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
+	AzureIMDS     string        // Azure metadata service base URL; "" = http://169.254.169.254
 	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20).
 	AzureEvidenceVersion int
 	InitDataPath         string // "" when none
@@ -73,6 +72,8 @@ type Config struct {
 	SkipSealedSecretVerification bool
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
 	Warnings []string
+	// Sources names, per field, the source whose value won (Describe).
+	Sources map[string]string
 }
 
 // Flags are the command-line values; zero means "not given".
@@ -94,7 +95,7 @@ type Flags struct {
 	Budget        time.Duration
 	LogLevel      string
 	LogFormat     string
-	Features      string
+	Features      string // resource | attestation | all
 	TDXEventLog   string
 	TPM           string
 	AzureIMDS     string
@@ -111,6 +112,9 @@ type Flags struct {
 	CDHSocket, AASocket *string
 	// CredDir overrides DefaultCredentialsDir (tests).
 	CredDir string
+	// FromFile maps the flags the --config flag file set to that file, so
+	// their source can be told apart from the command line's.
+	FromFile map[string]string
 	// InitDataDir is where kata writes initdata.toml, cdh.toml and aa.toml
 	// from the host-bound initdata; "" → DefaultInitDataDir, "-" → none.
 	// Files found there are used when the matching option is not given.
@@ -119,184 +123,6 @@ type Flags struct {
 
 // Env reads an environment variable; os.LookupEnv in main, a map in tests.
 type Env func(string) (string, bool)
-
-// Load merges the sources. Precedence for the KBS URL, highest first:
-// --kbs-url, AA_KBC_PARAMS, cdh.toml [kbc] url, aa.toml [token_configs.kbs]
-// url, kernel cmdline agent.aa_kbc_params. --kbs-url and cdh.toml's url
-// may list several endpoints; the winning source gives the whole list. A URL that differs between
-// sources is reported as a warning naming both. Extra KBS roots from
-// cdh.toml kbs_cert, aa.toml cert and --kbs-cert are all trusted.
-func Load(f Flags, env Env) (*Config, error) {
-	if env == nil {
-		env = os.LookupEnv
-	}
-	c := &Config{
-		Attester: f.Attester, KeyAlgorithm: f.KeyAlgorithm, Bind: DefaultBind,
-		CacheTTL: DefaultCacheTTL, CacheMaxByte: DefaultCacheMaxBytes, CacheMaxItem: DefaultCacheMaxEntry,
-		Budget: DefaultBudget, LogLevel: "info", LogFormat: "text", Features: "resource",
-		CredDir: DefaultCredentialsDir,
-	}
-	type urlSource struct {
-		urls []string
-		from string
-	}
-	var urls []urlSource
-	addKBC := func(params, from string) error {
-		u, err := ParseKBCParams(params)
-		if err != nil {
-			return fmt.Errorf("%s: %w", from, err)
-		}
-		urls = append(urls, urlSource{[]string{u}, from})
-		return nil
-	}
-
-	if len(f.KBSURLs) > 0 {
-		urls = append(urls, urlSource{f.KBSURLs, "--kbs-url"})
-	}
-	if v, ok := env(EnvKBCParams); ok && v != "" {
-		if err := addKBC(v, EnvKBCParams); err != nil {
-			return nil, err
-		}
-	}
-	if f.CredDir != "" {
-		c.CredDir = f.CredDir
-	}
-	if f.InitDataDir != "-" {
-		dir := cmp.Or(f.InitDataDir, DefaultInitDataDir)
-		for _, d := range []struct {
-			dst  *string
-			name string
-		}{{&f.ConfigFile, "cdh.toml"}, {&f.AAConfigFile, "aa.toml"}, {&f.InitData, "initdata.toml"}} {
-			if *d.dst == "" {
-				if p := filepath.Join(dir, d.name); fileExists(p) {
-					*d.dst = p
-				}
-			}
-		}
-	}
-	if f.ConfigFile != "" {
-		cdh, warns, err := LoadCDHFile(f.ConfigFile)
-		if err != nil {
-			return nil, err
-		}
-		c.Warnings = append(c.Warnings, warns...)
-		urls = append(urls, urlSource{cdh.KBC.URL, f.ConfigFile + " [kbc] url"})
-		if cdh.KBC.KBSCert != "" {
-			c.KBSCerts = append(c.KBSCerts, []byte(cdh.KBC.KBSCert))
-		}
-		if cdh.Log.Level != "" {
-			c.LogLevel = strings.ToLower(cdh.Log.Level)
-		}
-		if cdh.Socket != "" {
-			c.CDHSocket = cdh.Socket
-		}
-		c.SkipSealedSecretVerification = cdh.SkipSealedSecretVerification
-		for _, cr := range cdh.Credentials {
-			c.Credentials = append(c.Credentials, Credential{ResourceURI: cr.ResourceURI, Path: cr.Path, Source: f.ConfigFile})
-		}
-	}
-	if f.AAConfigFile != "" {
-		aa, warns, err := LoadAAFile(f.AAConfigFile)
-		if err != nil {
-			return nil, err
-		}
-		c.Warnings = append(c.Warnings, warns...)
-		if u := aa.TokenConfigs.KBS.URL; u != "" {
-			urls = append(urls, urlSource{[]string{u}, f.AAConfigFile + " [token_configs.kbs] url"})
-		}
-		if aa.TokenConfigs.KBS.Cert != "" {
-			c.KBSCerts = append(c.KBSCerts, []byte(aa.TokenConfigs.KBS.Cert))
-		}
-		if c.KeyAlgorithm == "" {
-			c.KeyAlgorithm = cmp.Or(aa.TokenConfigs.KBS.TeeKeyAlgorithm, aa.TeeKeyAlgorithm)
-		}
-		if aa.Log.Level != "" && f.ConfigFile == "" {
-			c.LogLevel = strings.ToLower(aa.Log.Level)
-		}
-	}
-	if f.Cmdline != "-" {
-		path := cmp.Or(f.Cmdline, DefaultCmdline)
-		if data, err := os.ReadFile(path); err == nil {
-			cl, err := ParseCmdline(string(data))
-			if err != nil {
-				return nil, err
-			}
-			if cl.KBCParams != "" {
-				if err := addKBC(cl.KBCParams, path+" agent.aa_kbc_params"); err != nil {
-					return nil, err
-				}
-			}
-			c.Credentials = append(c.Credentials, cl.Credentials...)
-		} else if f.Cmdline != "" {
-			return nil, fmt.Errorf("kernel cmdline: %w", err)
-		}
-	}
-	if len(urls) == 0 {
-		return nil, errors.New("no KBS URL: pass --kbs-url, set AA_KBC_PARAMS=cc_kbc::<url>, give a cdh.toml with [kbc] url (-c) or an aa.toml with [token_configs.kbs] url, or boot with agent.aa_kbc_params")
-	}
-	// The first source gives the whole list: endpoints are not merged
-	// across sources, whose order would be anyone's guess.
-	c.KBSURLs, c.KBSURLSource = urls[0].urls, urls[0].from
-	c.KBSURL = c.KBSURLs[0]
-	for _, o := range urls[1:] {
-		if !slices.Equal(o.urls, c.KBSURLs) {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("KBS URL %s from %s overrides %s from %s", quoteList(c.KBSURLs), c.KBSURLSource, quoteList(o.urls), o.from))
-		}
-	}
-	c.KBSFailback = f.KBSFailback
-	c.CachePlugins = f.CachePlugins
-	if v, ok := env(EnvSkipSealedVerify); ok && strings.EqualFold(v, "true") {
-		c.SkipSealedSecretVerification = true
-	}
-	for _, certFile := range f.KBSCerts {
-		pem, err := os.ReadFile(certFile)
-		if err != nil {
-			return nil, fmt.Errorf("--kbs-cert: %w", err)
-		}
-		c.KBSCerts = append(c.KBSCerts, pem)
-	}
-	if f.Bind != "" {
-		c.Bind = f.Bind
-	}
-	if f.CacheTTL != nil {
-		c.CacheTTL = *f.CacheTTL
-	}
-	c.CacheMaxByte = cmp.Or(f.CacheMaxByte, c.CacheMaxByte)
-	c.CacheMaxItem = cmp.Or(f.CacheMaxItem, c.CacheMaxItem)
-	c.Budget = cmp.Or(f.Budget, c.Budget)
-	c.StaleIfError = f.StaleIfError
-	c.RequireHeader = http.CanonicalHeaderKey(f.RequireHeader)
-	c.MetricsBind = f.MetricsBind
-	if f.LogLevel != "" {
-		c.LogLevel = strings.ToLower(f.LogLevel)
-	}
-	c.LogFormat = cmp.Or(f.LogFormat, c.LogFormat)
-	c.Attester = cmp.Or(c.Attester, "auto")
-	c.Features = cmp.Or(f.Features, c.Features)
-	for _, sock := range []struct {
-		flag *string
-		dst  *string
-	}{{f.CDHSocket, &c.CDHSocket}, {f.AASocket, &c.AASocket}} {
-		if sock.flag != nil {
-			*sock.dst = *sock.flag
-			if *sock.flag == "none" {
-				*sock.dst = ""
-			}
-		}
-	}
-	c.TDXEventLog = f.TDXEventLog
-	c.TPM, c.AzureIMDS = f.TPM, f.AzureIMDS
-	c.AzureEvidenceVersion = cmp.Or(f.AzureEvidenceVersion, 2)
-	c.InitDataPath = f.InitData
-	if c.InitDataPath != "" {
-		data, err := LoadInitData(c.InitDataPath)
-		if err != nil {
-			return nil, err
-		}
-		c.InitData = data
-	}
-	return c, c.Validate()
-}
 
 func fileExists(p string) bool {
 	fi, err := os.Stat(p)
@@ -312,7 +138,9 @@ func (c *Config) Validate() error {
 	seen := map[string]bool{}
 	for _, raw := range c.KBSURLs {
 		if u, err := url.Parse(raw); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("KBS URL %q (from %s): want http(s)://host[:port]", raw, c.KBSURLSource))
+			errs = append(errs, fmt.Errorf("KBS URL %q (from %s): want http(s)://host[:port]", redactURL(raw), c.KBSURLSource))
+		} else if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("KBS URL %q (from %s) must not carry user info, query or fragment", redactURL(raw), c.KBSURLSource))
 		}
 		if seen[strings.TrimSuffix(raw, "/")] {
 			errs = append(errs, fmt.Errorf("KBS URL %q (from %s) is listed twice", raw, c.KBSURLSource))
@@ -361,11 +189,6 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", c.LogLevel))
-	}
-	switch c.Features {
-	case "resource", "attestation", "all":
-	default:
-		errs = append(errs, fmt.Errorf("features %q: want resource, attestation or all", c.Features))
 	}
 	switch c.LogFormat {
 	case "text", "json":

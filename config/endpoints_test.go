@@ -68,20 +68,20 @@ func TestFlagFileLists(t *testing.T) {
 		return p
 	}
 	fs, urls, _ := newFS()
-	if err := ApplyFlagFile(fs, write(`kbs-url = ["https://a", "https://b"]`)); err != nil || !slices.Equal(*urls, []string{"https://a", "https://b"}) {
+	if _, err := ApplyFlagFile(fs, write(`kbs-url = ["https://a", "https://b"]`)); err != nil || !slices.Equal(*urls, []string{"https://a", "https://b"}) {
 		t.Fatalf("array: %v %q", err, *urls)
 	}
 	fs, urls, _ = newFS()
-	if err := ApplyFlagFile(fs, write(`kbs-url = "https://a"`)); err != nil || !slices.Equal(*urls, []string{"https://a"}) {
+	if _, err := ApplyFlagFile(fs, write(`kbs-url = "https://a"`)); err != nil || !slices.Equal(*urls, []string{"https://a"}) {
 		t.Fatalf("single: %v %q", err, *urls)
 	}
 	fs, urls, _ = newFS()
 	_ = fs.Parse([]string{"--kbs-url", "https://cli"})
-	if err := ApplyFlagFile(fs, write(`kbs-url = ["https://a"]`)); err != nil || !slices.Equal(*urls, []string{"https://cli"}) {
+	if _, err := ApplyFlagFile(fs, write(`kbs-url = ["https://a"]`)); err != nil || !slices.Equal(*urls, []string{"https://cli"}) {
 		t.Fatalf("command line must win whole: %v %q", err, *urls)
 	}
 	fs, _, _ = newFS()
-	if err := ApplyFlagFile(fs, write(`bind = ["a", "b"]`)); err == nil || !strings.Contains(err.Error(), "takes one value") {
+	if _, err := ApplyFlagFile(fs, write(`bind = ["a", "b"]`)); err == nil || !strings.Contains(err.Error(), "takes one value") {
 		t.Fatalf("array for a single-valued flag: %v", err)
 	}
 }

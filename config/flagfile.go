@@ -17,15 +17,18 @@ import (
 // live in a file (`cdh-proxy serve --config /etc/cdh-proxy.toml`), and the
 // command line still wins. Unknown keys and bad values are errors naming
 // the file and the key.
-func ApplyFlagFile(fs *flag.FlagSet, path string) error {
+//
+// It returns the names of the flags it set.
+func ApplyFlagFile(fs *flag.FlagSet, path string) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	var kv map[string]any
 	if err := toml.NewDecoder(bytes.NewReader(data)).Decode(&kv); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	var applied []string
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	keys := make([]string, 0, len(kv))
@@ -35,30 +38,31 @@ func ApplyFlagFile(fs *flag.FlagSet, path string) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		if k == "config" || fs.Lookup(k) == nil {
-			return fmt.Errorf("config %s: unknown key %q (keys are the flag names of %s)", path, k, fs.Name())
+			return nil, fmt.Errorf("config %s: unknown key %q (keys are the flag names of %s)", path, k, fs.Name())
 		}
 		if set[k] {
 			continue
 		}
+		applied = append(applied, k)
 		switch v := kv[k].(type) {
 		case []any:
 			if _, ok := fs.Lookup(k).Value.(interface{ repeatable() }); !ok {
-				return fmt.Errorf("config %s: key %q: takes one value, not an array", path, k)
+				return nil, fmt.Errorf("config %s: key %q: takes one value, not an array", path, k)
 			}
 			for _, e := range v {
 				if err := fs.Set(k, fmt.Sprint(e)); err != nil {
-					return fmt.Errorf("config %s: key %q: %w", path, k, err)
+					return nil, fmt.Errorf("config %s: key %q: %w", path, k, err)
 				}
 			}
 		case string, bool, int64, float64:
 			if err := fs.Set(k, fmt.Sprint(v)); err != nil {
-				return fmt.Errorf("config %s: key %q: %w", path, k, err)
+				return nil, fmt.Errorf("config %s: key %q: %w", path, k, err)
 			}
 		default:
-			return fmt.Errorf("config %s: key %q: want a string, number or boolean, got %T", path, k, v)
+			return nil, fmt.Errorf("config %s: key %q: want a string, number or boolean, got %T", path, k, v)
 		}
 	}
-	return nil
+	return applied, nil
 }
 
 // ListFlag is a repeatable flag (flag.Value): each use appends. In a

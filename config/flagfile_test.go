@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,8 +27,12 @@ func TestApplyFlagFile(t *testing.T) {
 	}
 	fs, url, ttl, n := newFS()
 	_ = fs.Parse([]string{"--kbs-url", "https://from-flag"})
-	if err := ApplyFlagFile(fs, f); err != nil {
+	applied, err := ApplyFlagFile(fs, f)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Equal(applied, []string{"cache-max-bytes", "stale-if-error"}) {
+		t.Fatalf("applied %q: want the keys the file set and the command line did not", applied)
 	}
 	if *url != "https://from-flag" || *ttl != 10*time.Minute || *n != 1<<20 {
 		t.Fatalf("url %q ttl %v n %d: the command line must win, the file fill the rest", *url, *ttl, *n)
@@ -43,7 +48,7 @@ func TestApplyFlagFile(t *testing.T) {
 		}
 		fs, _, _, _ := newFS()
 		_ = fs.Parse(nil)
-		if err := ApplyFlagFile(fs, f); err == nil || !strings.Contains(err.Error(), f) {
+		if _, err := ApplyFlagFile(fs, f); err == nil || !strings.Contains(err.Error(), f) {
 			t.Errorf("%s: err %v", name, err)
 		}
 	}

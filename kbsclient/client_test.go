@@ -1,6 +1,10 @@
 package kbsclient
 
 import (
+	"testing/synctest"
+
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -145,58 +149,41 @@ func TestConcurrentCallersShareOneHandshake(t *testing.T) {
 	}
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func TestTokenRefreshAndExpiry(t *testing.T) {
-	clk := &clock{t: time.Now()}
-	f := newFixture(t, kbs.Config{TokenLifetime: 100 * time.Second, Now: clk.Now},
-		Config{Now: clk.Now, Rand: func() float64 { return 0.5 }}) // refresh at 80 s
-	ctx := context.Background()
-	if _, err := f.client.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	clk.Advance(79 * time.Second)
-	if _, err := f.client.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	if c := f.kbs.Counts(); c.Handshakes != 1 {
-		t.Fatalf("handshakes before refresh point = %d, want 1", c.Handshakes)
-	}
-	// Past 80 %: the request is served with the old token while a
-	// background handshake replaces it.
-	clk.Advance(2 * time.Second)
-	if _, err := f.client.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return f.client.Stats().Handshakes == 2 })
-	// Far past expiry of everything: a foreground handshake, no failure.
-	clk.Advance(10 * time.Minute)
-	if _, err := f.client.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	if c := f.kbs.Counts(); c.Handshakes != 3 {
-		t.Fatalf("handshakes = %d, want 3", c.Handshakes)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
+	synctest.Test(t, func(t *testing.T) {
+		clk := testutil.NewClock()
+		srv, c := newBubbleClient(t, kbs.Config{TokenLifetime: 100 * time.Second, Now: clk.Now},
+			Config{Now: clk.Now, Rand: func() float64 { return 0.5 }}, nil) // refresh at 80 s
+		ctx := context.Background()
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		clk.Advance(79 * time.Second)
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		if n := srv.Counts().Handshakes; n != 1 {
+			t.Fatalf("handshakes before refresh point = %d, want 1", n)
+		}
+		// Past 80 %: the request is served with the old token while a
+		// background handshake replaces it.
+		clk.Advance(2 * time.Second)
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the background handshake has finished
+		if n := c.Stats().Handshakes; n != 2 {
+			t.Fatalf("handshakes after the refresh point = %d, want 2", n)
+		}
+		// Far past expiry of everything: a foreground handshake, no failure.
+		clk.Advance(10 * time.Minute)
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		if n := srv.Counts().Handshakes; n != 3 {
+			t.Fatalf("handshakes = %d, want 3", n)
+		}
+	})
 }
 
 func TestRefreshPointAndMargin(t *testing.T) {

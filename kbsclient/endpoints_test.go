@@ -1,6 +1,11 @@
 package kbsclient
 
 import (
+	"errors"
+	"testing/synctest"
+
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
+
 	"context"
 	"net"
 	"net/http"
@@ -20,8 +25,18 @@ import (
 // KBS behind a load balancer with no backend) and brought back.
 type switchable struct {
 	*kbs.Server
-	url  string
-	down atomic.Bool
+	url     string
+	handler http.Handler
+	down    atomic.Bool
+}
+
+// serve puts s on a real loopback listener (for tests outside a bubble).
+func (s *switchable) serve(t *testing.T) *switchable {
+	t.Helper()
+	ts := httptest.NewServer(s.handler)
+	t.Cleanup(ts.Close)
+	s.url = ts.URL
+	return s
 }
 
 func newSwitchable(t *testing.T, cfg kbs.Config) *switchable {
@@ -39,15 +54,13 @@ func newSwitchable(t *testing.T, cfg kbs.Config) *switchable {
 		t.Fatal(err)
 	}
 	s := &switchable{Server: srv}
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.down.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		srv.ServeHTTP(w, r)
-	}))
-	t.Cleanup(ts.Close)
-	s.url = ts.URL
+	})
 	return s
 }
 
@@ -68,7 +81,7 @@ func newMulti(t *testing.T, cfg Config, urls ...string) *Client {
 func TestPluginAnswers(t *testing.T) {
 	k := newSwitchable(t, kbs.Config{Policy: kbs.Policy{DenyPlugins: []string{"denied"}}, Plugins: map[string]kbs.Plugin{
 		"sample": kbs.SamplePlugin(), "credential": kbs.CredentialPlugin(), "denied": kbs.SamplePlugin(),
-	}})
+	}}).serve(t)
 	c := newMulti(t, Config{}, k.url)
 	ctx := context.Background()
 	got, err := c.Plugin(ctx, resource.Plugin{Name: "sample", Path: "anything"})
@@ -104,7 +117,7 @@ func TestPluginAnswers(t *testing.T) {
 }
 
 func TestFailoverFirstDownAtStart(t *testing.T) {
-	a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
+	a, b := newSwitchable(t, kbs.Config{}).serve(t), newSwitchable(t, kbs.Config{}).serve(t)
 	a.down.Store(true)
 	// No retries: moving to the next endpoint is not a retry.
 	c := newMulti(t, Config{MaxRetries: -1}, a.url, b.url)
@@ -119,7 +132,7 @@ func TestFailoverFirstDownAtStart(t *testing.T) {
 }
 
 func TestFailoverAfterWarmupNeverSendsTokenToOtherKBS(t *testing.T) {
-	a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
+	a, b := newSwitchable(t, kbs.Config{}).serve(t), newSwitchable(t, kbs.Config{}).serve(t)
 	c := newMulti(t, Config{MaxRetries: -1}, a.url, b.url)
 	ctx := context.Background()
 	if _, err := c.Resource(ctx, coco); err != nil {
@@ -138,38 +151,57 @@ func TestFailoverAfterWarmupNeverSendsTokenToOtherKBS(t *testing.T) {
 }
 
 func TestFailbackAfterCoolOff(t *testing.T) {
-	a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
-	clk := &clock{t: time.Now()}
-	c := newMulti(t, Config{FailbackAfter: time.Minute, Now: clk.Now}, a.url, b.url)
-	ctx := context.Background()
-	a.down.Store(true)
-	if _, err := c.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
+		clk := testutil.NewClock()
+		c := newMulti(t, Config{FailbackAfter: time.Minute, Now: clk.Now,
+			HTTPClient: &http.Client{Transport: hostTransport{"kbs-a.invalid": a, "kbs-b.invalid": b}}},
+			"http://kbs-a.invalid", "http://kbs-b.invalid")
+		ctx := context.Background()
+		a.down.Store(true)
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		a.down.Store(false)
+		// Within the cool-off the client stays on b.
+		if _, err := c.Resource(ctx, coco); err != nil || a.Counts().Auth != 0 {
+			t.Fatalf("within cool-off: %v, first KBS auth count %d", err, a.Counts().Auth)
+		}
+		clk.Advance(time.Minute + time.Second)
+		// After it, a request is still served from b while a handshake with a
+		// runs in the background; once a holds the token, requests go there.
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the background handshake with a has finished
+		if a.Counts().Handshakes != 1 || !c.Stats().Endpoints[0].Active {
+			t.Fatalf("no move back to the first KBS: %+v %+v", a.Counts(), c.Stats().Endpoints)
+		}
+		before := b.Counts().Resource
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+		if a.Counts().Resource != 1 || b.Counts().Resource != before {
+			t.Fatalf("after failback: first KBS %d resource GETs, second %d → %d", a.Counts().Resource, before, b.Counts().Resource)
+		}
+	})
+}
+
+// hostTransport serves each host with its switchable KBS in memory: no
+// sockets, so a client can run in a synctest bubble.
+type hostTransport map[string]*switchable
+
+func (h hostTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	k, ok := h[r.URL.Host]
+	if !ok {
+		return nil, errors.New("no such host")
 	}
-	a.down.Store(false)
-	// Within the cool-off the client stays on b.
-	if _, err := c.Resource(ctx, coco); err != nil || a.Counts().Auth != 0 {
-		t.Fatalf("within cool-off: %v, first KBS auth count %d", err, a.Counts().Auth)
-	}
-	clk.Advance(time.Minute + time.Second)
-	// After it, a request is still served from b while a handshake with a
-	// runs in the background; once a holds the token, requests go there.
-	if _, err := c.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return a.Counts().Handshakes == 1 && c.Stats().Endpoints[0].Active })
-	before := b.Counts().Resource
-	if _, err := c.Resource(ctx, coco); err != nil {
-		t.Fatal(err)
-	}
-	if a.Counts().Resource != 1 || b.Counts().Resource != before {
-		t.Fatalf("after failback: first KBS %d resource GETs, second %d → %d", a.Counts().Resource, before, b.Counts().Resource)
-	}
+	return handlerTransport{h: k.handler}.RoundTrip(r)
 }
 
 func TestDenialAndNotFoundNeverFailOver(t *testing.T) {
-	a := newSwitchable(t, kbs.Config{Policy: kbs.Policy{Allow: []string{"default/akv/other"}}})
-	b := newSwitchable(t, kbs.Config{})
+	a := newSwitchable(t, kbs.Config{Policy: kbs.Policy{Allow: []string{"default/akv/other"}}}).serve(t)
+	b := newSwitchable(t, kbs.Config{}).serve(t)
 	c := newMulti(t, Config{}, a.url, b.url)
 	ctx := context.Background()
 	if _, err := c.Resource(ctx, coco); KindOf(err) != Denied {
@@ -187,7 +219,7 @@ func TestDenialAndNotFoundNeverFailOver(t *testing.T) {
 }
 
 func TestAllEndpointsDown(t *testing.T) {
-	a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
+	a, b := newSwitchable(t, kbs.Config{}).serve(t), newSwitchable(t, kbs.Config{}).serve(t)
 	a.down.Store(true)
 	b.down.Store(true)
 	c := newMulti(t, Config{MaxRetries: -1}, a.url, b.url)
@@ -198,8 +230,8 @@ func TestAllEndpointsDown(t *testing.T) {
 }
 
 func TestFlappingEndpointIsPassedOverUntilCoolOff(t *testing.T) {
-	a, b := newSwitchable(t, kbs.Config{}), newSwitchable(t, kbs.Config{})
-	clk := &clock{t: time.Now()}
+	a, b := newSwitchable(t, kbs.Config{}).serve(t), newSwitchable(t, kbs.Config{}).serve(t)
+	clk := testutil.NewClock()
 	c := newMulti(t, Config{FailbackAfter: time.Minute, Now: clk.Now, MaxRetries: -1}, a.url, b.url)
 	ctx := context.Background()
 	for i := range 6 {
@@ -230,7 +262,7 @@ func TestProtocolMismatchNamesBothSides(t *testing.T) {
 }
 
 func TestDialsByHostNameAndDropsIdleOnFailure(t *testing.T) {
-	k := newSwitchable(t, kbs.Config{})
+	k := newSwitchable(t, kbs.Config{}).serve(t)
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(k.url, "http://"))
 	var mu sync.Mutex
 	var dialed []string

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/azure/evidence"
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 )
 
@@ -220,20 +221,15 @@ func TestEvidenceWaitHonorsContext(t *testing.T) {
 	held := make(chan error, 1)
 	go func() { _, err := a.Evidence(context.Background(), rdFor("slow")); held <- err }()
 	// The first call holds the vTPM once its runtime data is written.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+	testutil.Eventually(t, 10*time.Second, "the first caller to write its runtime data", func() bool {
 		tp, err := linuxudstpm.Open(c.tpm)
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer tp.Close()
 		got, err := azure.ReadNV(tp, azure.NVIndexRuntimeData)
-		tp.Close()
-		if err == nil && bytes.HasPrefix(got, rdFor("slow")) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("first caller never wrote its runtime data")
-		}
-	}
+		return err == nil && bytes.HasPrefix(got, rdFor("slow"))
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := a.Evidence(ctx, rdFor("queued"))

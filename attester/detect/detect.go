@@ -46,10 +46,20 @@ var ErrNoTEE = errors.New("no TEE found: neither configfs-tsm (tdx_guest/sev_gue
 // Found describes a detected TEE.
 type Found struct {
 	Tee string // tdx, snp, az-snp-vtpm or az-tdx-vtpm
-	Via string // "configfs-tsm", the device path, or "vTPM <path>"
+	Via string // for people: "configfs-tsm", the device path, or "vTPM <path>"
 
-	azure *azure.Device
+	source source // for build: where the evidence comes from
+	azure  *azure.Device
 }
+
+// source is where a detected TEE's evidence comes from.
+type source int
+
+const (
+	fromTSM    source = iota + 1 // configfs-tsm
+	fromDevice                   // /dev/tdx_guest, /dev/sev-guest ioctls
+	fromVTPM                     // an Azure paravisor's vTPM
+)
 
 // Detect returns the TEE of this guest. An HCL report in the vTPM means a
 // paravisor sits below the guest: its own SNP/TDX devices, if any, cannot
@@ -58,16 +68,16 @@ func Detect(ctx context.Context, env Env) (Found, error) {
 	provider, _ := tsm.Probe(env.TSM) // absent configfs-tsm is not an error here
 	switch provider {
 	case tsm.ProviderTDX:
-		return Found{Tee: tdx.Tee, Via: "configfs-tsm"}, nil
+		return Found{Tee: tdx.Tee, Via: "configfs-tsm", source: fromTSM}, nil
 	case tsm.ProviderSNP:
-		return Found{Tee: snp.Tee, Via: "configfs-tsm"}, nil
+		return Found{Tee: snp.Tee, Via: "configfs-tsm", source: fromTSM}, nil
 	}
 	az := azure.NewDevice(env.Azure)
 	var azErr error // a TPM that is there but unusable is worth naming
 	if _, err := os.Stat(az.TPMPath()); err == nil {
 		tee, err := az.Detect(ctx)
 		if err == nil {
-			return Found{Tee: tee, Via: "vTPM " + az.TPMPath(), azure: az}, nil
+			return Found{Tee: tee, Via: "vTPM " + az.TPMPath(), source: fromVTPM, azure: az}, nil
 		}
 		azErr = err
 	}
@@ -78,7 +88,7 @@ func Detect(ctx context.Context, env Env) (Found, error) {
 	for _, d := range []struct{ tee, node string }{{tdx.Tee, "tdx_guest"}, {snp.Tee, "sev-guest"}} {
 		p := filepath.Join(dev, d.node)
 		if _, err := os.Stat(p); err == nil {
-			return Found{Tee: d.tee, Via: p}, nil
+			return Found{Tee: d.tee, Via: p, source: fromDevice}, nil
 		}
 	}
 	if azErr != nil {
@@ -120,7 +130,7 @@ func New(ctx context.Context, name string, env Env) (attester.Attester, error) {
 }
 
 func build(f Found, env Env) (attester.Attester, error) {
-	viaTSM := f.Via == "configfs-tsm"
+	viaTSM := f.source == fromTSM
 	switch f.Tee {
 	case tdx.Tee:
 		var p tdx.Provider = &tdx.DeviceProvider{}

@@ -24,7 +24,7 @@ func newAAHandler(t *testing.T, ready bool, tokenErr error) http.Handler {
 		t.Fatal(err)
 	}
 	h, err := NewHandler(Config{
-		Resources: &core.Secrets{Cache: c, KBS: &fakeKBS{}}, Features: "all", Ready: func() bool { return ready },
+		Resources: &core.Secrets{Cache: c, KBS: &fakeKBS{}}, Features: core.Features{Resource: true, Attestation: true}, Ready: func() bool { return ready },
 		Evidence: func(_ context.Context, rd []byte) (json.RawMessage, error) {
 			switch {
 			case len(rd) > 64:
@@ -88,10 +88,15 @@ func TestAttestationRoutesOffByDefault(t *testing.T) {
 			t.Errorf("%s: %d %s", target, rec.Code, rec.Body)
 		}
 	}
-	if _, err := NewHandler(Config{Resources: &core.Secrets{}, Features: "attestation"}); err == nil {
+	if _, err := NewHandler(Config{Resources: &core.Secrets{}, Features: core.Features{Attestation: true}}); err == nil {
 		t.Error("attestation feature without Evidence/Token accepted")
 	}
-	if _, err := NewHandler(Config{Resources: &core.Secrets{}, Features: "everything"}); err == nil {
+	for in, want := range map[string]string{"": "resource", "resource": "resource", "attestation": "attestation", "all": "all"} {
+		if f, err := core.ParseFeatures(in); err != nil || f.String() != want {
+			t.Errorf("ParseFeatures(%q) = %v %v", in, f, err)
+		}
+	}
+	if _, err := core.ParseFeatures("everything"); err == nil {
 		t.Error("unknown feature accepted")
 	}
 	if _, err := NewHandler(Config{}); err == nil {

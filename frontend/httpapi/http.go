@@ -49,9 +49,9 @@ type Config struct {
 	Ready     func() bool   // /readyz; nil → always ready
 	Budget    time.Duration // per request; zero → DefaultBudget
 	Logger    *slog.Logger  // nil → discard
-	// Features enables route groups as api-server-rest's --features:
-	// "resource" (default), "attestation" or "all".
-	Features string
+	// Features enables route groups as api-server-rest's --features; the
+	// zero value serves resources only.
+	Features core.Features
 	// Evidence serves /aa/evidence and Token /aa/token; both required when
 	// attestation is enabled.
 	Evidence core.EvidenceFunc
@@ -76,14 +76,10 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = func() bool { return true }
 	}
-	if cfg.Features == "" {
-		cfg.Features = "resource"
+	if !cfg.Features.Resource && !cfg.Features.Attestation {
+		cfg.Features.Resource = true
 	}
-	resourceOn := cfg.Features == "resource" || cfg.Features == "all"
-	attestationOn := cfg.Features == "attestation" || cfg.Features == "all"
-	if !resourceOn && !attestationOn {
-		return nil, fmt.Errorf("httpapi: features %q: want resource, attestation or all", cfg.Features)
-	}
+	resourceOn, attestationOn := cfg.Features.Resource, cfg.Features.Attestation
 	if attestationOn && (cfg.Evidence == nil || cfg.Token == nil) {
 		return nil, errors.New("httpapi: Evidence and Token are required with the attestation feature")
 	}

@@ -113,7 +113,7 @@ func TestPluginOnlyGET(t *testing.T) {
 
 func TestPluginFeatureOff(t *testing.T) {
 	c, _ := cache.New(cache.Config{TTL: time.Minute})
-	h, err := NewHandler(Config{Resources: &core.Secrets{Cache: c, KBS: &fakeKBS{}}, Features: "attestation",
+	h, err := NewHandler(Config{Resources: &core.Secrets{Cache: c, KBS: &fakeKBS{}}, Features: core.Features{Attestation: true},
 		Evidence: func(context.Context, []byte) (json.RawMessage, error) { return nil, nil },
 		Token:    func(context.Context) (string, []byte, error) { return "", nil, nil }})
 	if err != nil {

@@ -1,4 +1,4 @@
-// Package cli is cdh-proxy's commands: serve, get, evidence, version and the
+// Package cli is cdh-proxy's commands: serve, get, evidence, config, version and the
 // drop-in personalities (confidential-data-hub, attestation-agent,
 // api-server-rest) chosen by argv[0]. It parses flags into a config.Config
 // and hands it to package daemon; the hardware comes from its caller, so
@@ -75,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer, p Process) int {
 		return evidence(args, stdout, stderr, p)
 	case "get":
 		return get(args, stdout, stderr, p)
+	case "config":
+		return configCmd(args, stdout, stderr)
 	case "version", "--version":
 		printVersion(stdout, p.Version)
 		return 0
@@ -91,6 +93,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: cdh-proxy [serve] [flags]   serve secrets on 127.0.0.1:8006
        cdh-proxy get [flags] <repo/type/tag | kbs:///…>      fetch one secret from the KBS to stdout
        cdh-proxy evidence [--attester …] [--runtime-data S]   print TEE evidence JSON
+       cdh-proxy config [serve flags]   print the effective configuration and each value's source
        cdh-proxy version
        cdh-proxy serve -h          list the serve flags
 `)

@@ -47,3 +47,34 @@ func TestUnknownCommand(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 }
+
+func TestConfigCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	code := run([]string{"config", "--kbs-url", "https://kbs-a", "--kbs-url", "https://kbs-b", "--cache-ttl", "5s", "--cmdline", "-", "--initdata-dir", "-"}, &out, &errOut, Process{})
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	lines := strings.Split(out.String(), "\n")
+	find := func(name string) []string {
+		for _, l := range lines {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == name {
+				return f
+			}
+		}
+		t.Fatalf("no %s line in:\n%s", name, out.String())
+		return nil
+	}
+	if f := find("kbs-url"); strings.Join(f[1:], " ") != "https://kbs-a, https://kbs-b --kbs-url" {
+		t.Errorf("kbs-url line %q", f)
+	}
+	if f := find("cache-ttl"); f[1] != "5s" || f[2] != "--cache-ttl" {
+		t.Errorf("cache-ttl line %q", f)
+	}
+	if f := find("bind"); f[1] != "127.0.0.1:8006" || f[2] != "default" {
+		t.Errorf("bind line %q", f)
+	}
+	out.Reset()
+	if code := run([]string{"config", "--cmdline", "-", "--initdata-dir", "-"}, &out, &errOut, Process{}); code != 78 {
+		t.Fatalf("no KBS URL: exit %d, want 78", code)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/internal/daemon"
 )
 
@@ -78,16 +79,15 @@ func asrMain(args []string, stderr io.Writer) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	switch *features {
-	case "resource", "attestation", "all":
-	default:
+	feats, err := core.ParseFeatures(*features)
+	if err != nil {
 		fmt.Fprintf(stderr, "api-server-rest: unknown --features %q (want resource, attestation or all)\n", *features)
 		return 1
 	}
 	log := newLogger(stderr, &config.Config{LogLevel: "info", LogFormat: envOr("CDH_PROXY_LOG_FORMAT", "text")})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := (daemon.Forwarder{Bind: bind, Features: *features, CDHAddr: *cdhAddr, AAAddr: *aaAddr, Logger: log}).Run(ctx); err != nil {
+	if err := (daemon.Forwarder{Bind: bind, Features: feats, CDHAddr: *cdhAddr, AAAddr: *aaAddr, Logger: log}).Run(ctx); err != nil {
 		log.Error("exiting", "err", err)
 		return exitCode(err)
 	}
@@ -97,7 +97,7 @@ func asrMain(args []string, stderr io.Writer) int {
 // attesterFlag lets a drop-in install pick the sample attester for
 // development images; production images leave it at auto.
 func attesterFlag(fs *flag.FlagSet, f *config.Flags) {
-	fs.StringVar(&f.Attester, "cdh-proxy-attester", "auto", "cdh-proxy extension: auto, tdx, snp or sample")
+	fs.StringVar(&f.Attester, "cdh-proxy-attester", "", "cdh-proxy extension: auto (the default), tdx, snp or sample")
 }
 
 func parse(fs *flag.FlagSet, args []string) (int, bool) {

@@ -44,7 +44,7 @@ exit status: 0 ok, 1 KBS/attestation failure, 2 usage, 3 policy denied, 4 not fo
 `)
 		fs.PrintDefaults()
 	}
-	if code, ok := parseWithFlagFile(fs, args); !ok {
+	if code, ok := parseWithFlagFile(fs, args, f); !ok {
 		return code
 	}
 	if fs.NArg() != 1 {

@@ -24,7 +24,7 @@ func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.Var(config.ListFlag{Values: &f.KBSCerts}, "kbs-cert", "PEM file with an extra root CA for the KBS (repeatable: endpoints may have their own CAs)")
 	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml to read ([kbc] url, kbs_cert, socket, [[credentials]], [log] level)")
 	fs.StringVar(&f.AAConfigFile, "aa-config", "", "aa.toml to read ([token_configs.kbs] url, cert, tee_key_algorithm)")
-	fs.StringVar(&f.Attester, "attester", "auto", "evidence source: auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm, or sample (development only)")
+	fs.StringVar(&f.Attester, "attester", "", "evidence source: auto (the default), tdx, snp, az-snp-vtpm, az-tdx-vtpm, or sample (development only)")
 	fs.StringVar(&f.KeyAlgorithm, "tee-key-alg", "", "ephemeral TEE key: ECDH-ES+A256KW-P256 (default), ECDH-ES+A256KW-P521, RSA-OAEP-256")
 	azureFlags(fs, &f.TPM, &f.AzureIMDS, &f.AzureEvidenceVersion)
 	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
@@ -85,7 +85,7 @@ func serve(args []string, stderr io.Writer, p Process) int {
 		fmt.Fprint(stderr, serveUsage)
 		fs.PrintDefaults()
 	}
-	if code, ok := parseWithFlagFile(fs, args); !ok {
+	if code, ok := parseWithFlagFile(fs, args, f); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
@@ -107,7 +107,8 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 }
 
 // parseWithFlagFile parses args, then fills unset flags from --config.
-func parseWithFlagFile(fs *flag.FlagSet, args []string) (int, bool) {
+// The flags the file set are recorded in f, so their source can be shown.
+func parseWithFlagFile(fs *flag.FlagSet, args []string, f *config.Flags) (int, bool) {
 	cfgFile := fs.String("config", "", "file of flag-name = value pairs (TOML) for flags not given on the command line")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -116,9 +117,14 @@ func parseWithFlagFile(fs *flag.FlagSet, args []string) (int, bool) {
 		return 2, false
 	}
 	if *cfgFile != "" {
-		if err := config.ApplyFlagFile(fs, *cfgFile); err != nil {
+		applied, err := config.ApplyFlagFile(fs, *cfgFile)
+		if err != nil {
 			fmt.Fprintln(fs.Output(), "cdh-proxy:", err)
 			return exitConfig, false
+		}
+		f.FromFile = map[string]string{}
+		for _, name := range applied {
+			f.FromFile[name] = *cfgFile
 		}
 	}
 	return 0, true

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 
+	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/frontend/forward"
 	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
 )
@@ -14,9 +15,10 @@ import (
 // confidential-data-hub and attestation-agent processes: HTTP only, every
 // request forwarded to their sockets (so all share CDH's cache and token).
 type Forwarder struct {
-	Bind, Features, CDHAddr, AAAddr string
-	Logger                          *slog.Logger
-	Notify                          func(state string) error // nil → SDNotify
+	Bind, CDHAddr, AAAddr string
+	Features              core.Features
+	Logger                *slog.Logger
+	Notify                func(state string) error // nil → SDNotify
 }
 
 // Run serves until ctx ends.
@@ -50,7 +52,7 @@ func (f Forwarder) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.Bind, err)
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "mode", "api-server-rest (forwarding)", "cdh_addr", f.CDHAddr, "aa_addr", f.AAAddr, "features", f.Features)
+	log.Info("listening", "addr", ln.Addr().String(), "mode", "api-server-rest (forwarding)", "cdh_addr", f.CDHAddr, "aa_addr", f.AAAddr, "features", f.Features.String())
 	if err := notify("READY=1"); err != nil {
 		log.Warn("sd_notify failed", "err", err)
 	}

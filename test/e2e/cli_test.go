@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
@@ -77,7 +78,7 @@ func TestMetricsBind(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
 	p := startProxy(t, k, nil, "--kbs-url", k.URL, "--metrics-bind", "127.0.0.1:0")
 	var addr string
-	waitUntil(t, 5*time.Second, "metrics listener", func() bool {
+	testutil.Eventually(t, 5*time.Second, "metrics listener", func() bool {
 		for _, l := range strings.Split(p.logs.String(), "\n") {
 			if strings.Contains(l, `"msg":"serving metrics"`) {
 				var m struct{ Addr string }

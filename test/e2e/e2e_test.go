@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
@@ -38,7 +40,8 @@ func TestSeedScenario(t *testing.T) {
 	if err := p.p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// No wait needed: a signal the process does not ignore is acted on
+	// before it runs again, so it could not answer this request.
 	if r := p.get(cocoOne); r.Status != 200 {
 		t.Fatalf("after SIGHUP: %d", r.Status)
 	}
@@ -109,18 +112,16 @@ func TestOneAttestationPerTokenLifetime(t *testing.T) {
 func TestTokenExpiryReattestsWithoutFailure(t *testing.T) {
 	k := newKBS(t, kbs.Config{TokenLifetime: 2 * time.Second})
 	p := startProxy(t, k, nil, "--kbs-url", k.URL, "--cache-ttl", "0")
-	deadline := time.Now().Add(5 * time.Second)
+	// Request without pause until the token has been replaced twice: every
+	// request across both refreshes must succeed.
 	n := 0
-	for time.Now().Before(deadline) {
+	testutil.Eventually(t, 30*time.Second, "two token refreshes", func() bool {
 		if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
 			t.Fatalf("request %d failed across token expiry: %d %s", n, r.Status, r.Body)
 		}
 		n++
-		time.Sleep(20 * time.Millisecond)
-	}
-	if c := k.Counts(); c.Handshakes < 2 {
-		t.Fatalf("handshakes = %d over 5 s of 2 s tokens, want ≥ 2", c.Handshakes)
-	}
+		return k.Counts().Handshakes >= 3
+	})
 	p.stop() // after exit every log line has reached the buffer
 	if strings.Contains(p.logs.String(), "TokenVerifierError") {
 		t.Fatalf("an expired token reached the KBS; refresh must come first:\n%s", p.logs)
@@ -150,6 +151,7 @@ func TestRotation(t *testing.T) {
 			// exactly the old or the new value, never a mix.
 			stop := make(chan struct{})
 			errs := make(chan error, 8)
+			var reads atomic.Int64
 			var wg sync.WaitGroup
 			for range 4 {
 				wg.Go(func() {
@@ -160,6 +162,7 @@ func TestRotation(t *testing.T) {
 						default:
 						}
 						r, err := doGet(context.Background(), p.Base+cocoOne)
+						reads.Add(1)
 						if err != nil || r.Status != 200 || (r.Body != old && r.Body != next) {
 							errs <- fmt.Errorf("torn or failed read during rotation: %v %d %.40q", err, r.Status, r.Body)
 							return
@@ -167,7 +170,8 @@ func TestRotation(t *testing.T) {
 					}
 				})
 			}
-			time.Sleep(50 * time.Millisecond)
+			// Rotate only once the readers are reading.
+			testutil.Eventually(t, 10*time.Second, "readers started", func() bool { return reads.Load() >= 8 })
 			rotated := time.Now()
 			if err := k.WriteCSI("default", "akv", map[string][]byte{
 				"coco_one": []byte(next), "coco_two": []byte("another secret"),
@@ -179,7 +183,7 @@ func TestRotation(t *testing.T) {
 					t.Fatalf("TTL 0: first GET after rotation = %.40q, want the new value", r.Body)
 				}
 			} else {
-				waitUntil(t, tc.within, "rotated value", func() bool { return p.get(cocoOne).Body == next })
+				testutil.Eventually(t, tc.within, "rotated value", func() bool { return p.get(cocoOne).Body == next })
 				if waited := time.Since(rotated); waited > tc.ttl+time.Second {
 					t.Fatalf("new value after %v, want within TTL %v (+1 s slack)", waited, tc.ttl)
 				}
@@ -359,7 +363,7 @@ func TestStartupWithoutKBSAndReadiness(t *testing.T) {
 	}
 	k := newKBS(t, kbs.Config{})
 	q := startProxy(t, k, nil, "--kbs-url", k.URL)
-	waitUntil(t, 10*time.Second, "readyz 200", func() bool { return q.get("/readyz").Status == 200 })
+	testutil.Eventually(t, 10*time.Second, "readyz 200", func() bool { return q.get("/readyz").Status == 200 })
 }
 
 func TestRefusesWithoutAttester(t *testing.T) {
@@ -377,8 +381,13 @@ func TestStaleIfErrorThroughBinary(t *testing.T) {
 		t.Fatalf("warm: %d %s", r.Status, r.Body)
 	}
 	k.SetFaults(kbs.Faults{Status: 500})
-	time.Sleep(1100 * time.Millisecond) // past the TTL
-	r := p.get(cocoOne)
+	// Within the TTL the copy is a plain hit; once it lapses the refetch
+	// fails and the copy is served stale.
+	var r reply
+	testutil.Eventually(t, 10*time.Second, "the TTL to lapse", func() bool {
+		r = p.get(cocoOne)
+		return r.Header.Get("X-Cache") != "HIT"
+	})
 	if r.Status != 200 || r.Body != "a secret" || r.Header.Get("X-Cache") != "STALE" || !strings.Contains(r.Header.Get("Warning"), "111") {
 		t.Fatalf("KBS failing: %d %q X-Cache=%q Warning=%q", r.Status, r.Body, r.Header.Get("X-Cache"), r.Header.Get("Warning"))
 	}
@@ -402,7 +411,7 @@ func TestGracefulDrain(t *testing.T) {
 		}
 		res <- r
 	}()
-	time.Sleep(300 * time.Millisecond) // the request is waiting on the KBS
+	testutil.Eventually(t, 10*time.Second, "the request to reach the KBS", func() bool { return k.Counts().Resource == 1 })
 	if err := p.p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
@@ -110,7 +111,7 @@ func TestProtocolVersionMismatch(t *testing.T) {
 	for _, want := range []string{"cdh-proxy speaks KBS protocol 0.4.0", "expect =0.5.0 while the request is 0.4.0"} {
 		mustContain(t, r.Body, want)
 	}
-	waitUntil(t, 10*time.Second, "mismatch metric", func() bool { return metric(t, p, "cdh_proxy_kbs_protocol_mismatch_total") >= 1 })
+	testutil.Eventually(t, 10*time.Second, "mismatch metric", func() bool { return metric(t, p, "cdh_proxy_kbs_protocol_mismatch_total") >= 1 })
 	p.stop()
 	logs := p.logs.String()
 	if !strings.Contains(logs, `"level":"ERROR","msg":"KBS protocol version mismatch","component":"kbsclient","kbs":"`+k.URL+`","ours":"0.4.0","kbs_answer":`) {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
@@ -75,8 +76,10 @@ func TestFaultMatrix(t *testing.T) {
 					t.Fatalf("warm-up: %d", r.Status)
 				}
 			}
-			// Let startup work (background attestation) settle, then count.
-			time.Sleep(200 * time.Millisecond)
+			// Let startup work (background attestation) finish, then count.
+			testutil.Eventually(t, 10*time.Second, "the startup attestation", func() bool {
+				return metric(t, p, `cdh_proxy_attestations_total{result="ok"}`)+metric(t, p, `cdh_proxy_attestations_total{result="error"}`) >= 1
+			})
 			before := goroutines(t, p)
 			if tt.downAfter {
 				k.close()
@@ -101,13 +104,9 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			k.SetFaults(kbs.Faults{})
 			// No goroutine leak: what the failure started has ended.
-			deadline := time.Now().Add(3 * budget)
-			for after := goroutines(t, p); after > before+1; after = goroutines(t, p) {
-				if time.Now().After(deadline) {
-					t.Fatalf("goroutines %d before, %d after", before, after)
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+			testutil.Eventually(t, 3*budget, "goroutines back to their count before the fault", func() bool {
+				return goroutines(t, p) <= before+1
+			})
 			// The cache is still correct once the fault is gone.
 			if !tt.downAfter && !tt.dead && !tt.noCA && !tt.kcfg.Policy.DenySample {
 				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
@@ -145,13 +144,14 @@ func TestSlowKBSDoesNotBlockOthers(t *testing.T) {
 	if r := p.get(cocoOne); r.Status != 200 {
 		t.Fatalf("warm: %d", r.Status)
 	}
+	warm := k.Counts().Resource
 	k.SetFaults(kbs.Faults{Delay: 3 * time.Second, PathContains: "/other/slow"})
 	slow := make(chan reply, 1)
 	go func() {
 		r, _ := doGet(context.Background(), p.Base+"/cdh/resource/default/other/slow")
 		slow <- r
 	}()
-	time.Sleep(200 * time.Millisecond) // the slow fetch is in flight
+	testutil.Eventually(t, 10*time.Second, "the slow fetch to reach the KBS", func() bool { return k.Counts().Resource == warm+1 })
 	start := time.Now()
 	if r := p.get(cocoOne); r.Status != 200 || r.Header.Get("X-Cache") != "HIT" {
 		t.Fatalf("cached hit during a slow fetch: %d %q", r.Status, r.Header.Get("X-Cache"))
@@ -183,7 +183,7 @@ func metric(t *testing.T, p *proxyProc, sample string) float64 {
 func TestMetricsMove(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
 	p := startProxy(t, k, nil, "--kbs-url", k.URL)
-	waitUntil(t, 10*time.Second, "startup attestation", func() bool { return metric(t, p, `cdh_proxy_attestations_total{result="ok"}`) == 1 })
+	testutil.Eventually(t, 10*time.Second, "startup attestation", func() bool { return metric(t, p, `cdh_proxy_attestations_total{result="ok"}`) == 1 })
 	if exp := metric(t, p, "cdh_proxy_token_expiry_timestamp_seconds"); exp < float64(time.Now().Unix()) {
 		t.Fatalf("token expiry %v is not in the future", exp)
 	}
@@ -213,5 +213,5 @@ func TestMetricsMove(t *testing.T) {
 		t.Fatalf("request id not in the problem body: %s", r.Body)
 	}
 	// The child's stderr reaches the buffer through a pipe: wait for the line.
-	waitUntil(t, 5*time.Second, "request id in the log", func() bool { return strings.Contains(p.logs.String(), `"request_id":"req-42"`) })
+	testutil.Eventually(t, 5*time.Second, "request id in the log", func() bool { return strings.Contains(p.logs.String(), `"request_id":"req-42"`) })
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/api/aa"
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/sealed"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
@@ -332,18 +333,15 @@ func mustWrite(t *testing.T, path, body string) {
 // polls for 6 s and fails the sandbox without it.
 func waitSocket(t *testing.T, path string, start time.Time) {
 	t.Helper()
-	for {
-		if c, err := net.Dial("unix", path); err == nil {
+	testutil.Eventually(t, 5*time.Second, path+" to answer", func() bool {
+		c, err := net.Dial("unix", path)
+		if err == nil {
 			c.Close()
-			if d := time.Since(start); d > time.Second {
-				t.Fatalf("%s answered after %v, want < 1 s", path, d)
-			}
-			return
 		}
-		if time.Since(start) > 5*time.Second {
-			t.Fatalf("%s never appeared", path)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return err == nil
+	})
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("%s answered after %v, want < 1 s", path, d)
 	}
 }
 
@@ -363,7 +361,7 @@ func TestCredentialsFetchedAtStartup(t *testing.T) {
 	start := time.Now()
 	p := startProxyBin(t, proxyBin, nil, []string{"CDH_PROXY_CREDENTIALS_DIR=" + credDir}, "-c", cdhToml, "--attester", "sample", "--cmdline", cmdline)
 	waitSocket(t, cdhSock, start)
-	waitUntil(t, 10*time.Second, "credentials", func() bool {
+	testutil.Eventually(t, 10*time.Second, "credentials", func() bool {
 		a, _ := os.ReadFile(credDir + "/one")
 		b, _ := os.ReadFile(credDir + "/sub/two")
 		return string(a) == "a secret" && string(b) == "another secret"
@@ -371,5 +369,5 @@ func TestCredentialsFetchedAtStartup(t *testing.T) {
 	if fi, _ := os.Stat(credDir + "/one"); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("credential mode %v", fi.Mode())
 	}
-	waitUntil(t, 5*time.Second, "readyz", func() bool { return p.get("/readyz").Status == 200 })
+	testutil.Eventually(t, 5*time.Second, "readyz", func() bool { return p.get("/readyz").Status == 200 })
 }

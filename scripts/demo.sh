@@ -88,8 +88,14 @@ show() {
 		"$BIN/fetch" "$1" 2>&1 || true
 	fi
 }
-for _ in $(seq 100); do get "http://$BIND/healthz" >/dev/null 2>&1 && break; sleep 0.05; done
-get "http://$BIND/healthz" >/dev/null || { cat "$DEMO/cdh-proxy.log"; echo "cdh-proxy did not start (is $BIND in use? set DEMO_BIND)" >&2; exit 1; }
+# Ready means cdh-proxy logged "listening": a /healthz answer could come
+# from another process holding the port.
+for _ in $(seq 200); do
+	grep -q 'msg=listening' "$DEMO/cdh-proxy.log" && break
+	kill -0 "${pids[-1]}" 2>/dev/null || break
+	sleep 0.05
+done
+grep -q 'msg=listening' "$DEMO/cdh-proxy.log" || { cat "$DEMO/cdh-proxy.log"; echo "cdh-proxy did not start (is $BIND in use? set DEMO_BIND)" >&2; exit 1; }
 
 url="http://$BIND/cdh/resource/default/akv/coco_one"
 say "curl $url"

@@ -129,3 +129,33 @@ func parseWithFlagFile(fs *flag.FlagSet, args []string, f *config.Flags) (int, b
 	}
 	return 0, true
 }
+
+// ServeConfig is the configuration `cdh-proxy serve args…` would run with,
+// env standing for the process environment: for running the daemon in
+// process (tests).
+func ServeConfig(args []string, env config.Env) (*config.Config, error) {
+	fs := flag.NewFlagSet("cdh-proxy serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	f := serveFlags(fs)
+	cfgFile := fs.String("config", "", "")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *cfgFile != "" {
+		applied, err := config.ApplyFlagFile(fs, *cfgFile)
+		if err != nil {
+			return nil, err
+		}
+		f.FromFile = map[string]string{}
+		for _, name := range applied {
+			f.FromFile[name] = *cfgFile
+		}
+	}
+	if dir, ok := env("CDH_PROXY_CREDENTIALS_DIR"); ok {
+		f.CredDir = dir
+	}
+	return config.Load(*f, env)
+}

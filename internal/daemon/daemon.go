@@ -150,7 +150,7 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		// Announced once every socket is bound too: "listening" means ready.
 		d.announce = append(d.announce, func() {
 			log.Info("listening", "addr", ln.Addr().String(), "kbs", kbsList, "kbs_url_from", cfg.KBSURLSource,
-				"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features, "initdata", cfg.InitDataPath)
+				"attester", att.Tee(), "cache_ttl", cfg.CacheTTL, "features", cfg.Features.String(), "initdata", cfg.InitDataPath)
 		})
 		d.tasks = append(d.tasks, Task{"http", func(ctx context.Context) error { return httpapi.Serve(ctx, ln, h, cfg.Budget, DrainTimeout) }})
 	}

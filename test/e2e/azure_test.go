@@ -15,7 +15,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
-// azureCVM is an Azure confidential VM for the real binary: swtpm as the
+// azureCVM is an Azure confidential VM for the daemon: swtpm as the
 // vTPM, a goroutine playing the paravisor (fresh HCL reports signed with
 // go-sev-guest's test AMD chain, or TD reports quoted under the simulated
 // Intel PKI), and the metadata service.
@@ -60,7 +60,7 @@ func TestAzureVTPMEndToEnd(t *testing.T) {
 		} {
 			t.Run(tee+"/"+strings.Join(extra, " "), func(t *testing.T) {
 				before, refreshed := k.Counts().Handshakes, cvm.para.Refreshes()
-				p := startProxyBin(t, proxyBin, k, nil, append(append([]string{"--kbs-url", k.URL}, cvm.args...), extra...)...)
+				p := startInProcess(t, k, noTEE(t), nil, append(append([]string{"--kbs-url", k.URL}, cvm.args...), extra...)...)
 				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
 					t.Fatalf("%d %s", r.Status, r.Body)
 				}
@@ -87,7 +87,7 @@ func TestAzureTamperedEvidenceRejected(t *testing.T) {
 	// One good handshake, whose evidence is kept for the replay case.
 	var recorded []byte
 	k.SetFaults(kbs.Faults{Evidence: func(_ string, ev []byte) []byte { recorded = append([]byte(nil), ev...); return ev }})
-	p := startProxyBin(t, proxyBin, k, nil, args...)
+	p := startInProcess(t, k, noTEE(t), nil, args...)
 	if r := p.get(cocoOne); r.Status != 200 {
 		t.Fatalf("untampered: %d %s", r.Status, r.Body)
 	}
@@ -125,7 +125,7 @@ func TestAzureTamperedEvidenceRejected(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k.SetFaults(kbs.Faults{Evidence: tc.mutate})
-			p := startProxyBin(t, proxyBin, k, nil, args...)
+			p := startInProcess(t, k, noTEE(t), nil, args...)
 			r := p.get(cocoOne)
 			var pb problemBody
 			_ = json.Unmarshal([]byte(r.Body), &pb)
@@ -147,7 +147,7 @@ func TestAzureInitData(t *testing.T) {
 	args := append([]string{"--kbs-url", k.URL, "--attester", azure.TeeSNP}, cvm.args...)
 
 	for range 2 { // a restart finds PCR8 already bound and leaves it
-		p := startProxyBin(t, proxyBin, k, nil, append(args, "--initdata", good)...)
+		p := startInProcess(t, k, noTEE(t), nil, append(args, "--initdata", good)...)
 		if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
 			t.Fatalf("%d %s", r.Status, r.Body)
 		}

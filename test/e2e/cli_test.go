@@ -113,7 +113,7 @@ func TestSdNotify(t *testing.T) {
 		name  string
 		start func(env []string)
 	}{
-		{"serve", func(env []string) { startProxy(t, k, env, "--kbs-url", k.URL) }},
+		{"serve", func(env []string) { startProxyBin(t, proxyBin, k, env, "--attester", "sample", "--kbs-url", k.URL) }},
 		{"attestation-agent", func(env []string) {
 			startDropIn(t, filepath.Join(dir, "attestation-agent"), env, "--attestation_sock", "unix://"+aaSock, "--cdh-proxy-attester", "sample")
 		}},
@@ -150,7 +150,7 @@ func TestGCPercent(t *testing.T) {
 		env  []string
 		want float64
 	}{{nil, 50}, {[]string{"GOGC=120"}, 120}} {
-		p := startProxy(t, k, tc.env, "--kbs-url", k.URL)
+		p := startProxyBin(t, proxyBin, k, tc.env, "--attester", "sample", "--kbs-url", k.URL) // a process setting
 		if got := metric(t, p, "go_gc_gogc_percent"); got != tc.want {
 			t.Errorf("env %v: go_gc_gogc_percent = %v, want %v", tc.env, got, tc.want)
 		}

@@ -22,7 +22,7 @@ const cocoOne = "/cdh/resource/default/akv/coco_one"
 // The seed scenario of the mission: curl …/default/akv/coco_one → "a secret".
 func TestSeedScenario(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
-	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	p := startProxyBin(t, proxyBin, k, nil, "--attester", "sample", "--kbs-url", k.URL) // a process: SIGHUP below
 	r := p.get(cocoOne)
 	if r.Status != 200 || r.Body != "a secret" {
 		t.Fatalf("GET coco_one = %d %q", r.Status, r.Body)
@@ -402,7 +402,7 @@ func TestStaleIfErrorThroughBinary(t *testing.T) {
 func TestGracefulDrain(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
 	k.SetFaults(kbs.Faults{Delay: time.Second, Only: []kbs.Endpoint{kbs.EndpointResource}})
-	p := startProxy(t, k, nil, "--kbs-url", k.URL)
+	p := startProxyBin(t, proxyBin, k, nil, "--attester", "sample", "--kbs-url", k.URL) // a process: SIGTERM below
 	res := make(chan reply, 1)
 	go func() {
 		r, err := doGet(context.Background(), p.Base+cocoOne)

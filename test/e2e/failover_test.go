@@ -12,7 +12,7 @@ import (
 )
 
 // Several KBS endpoints (repeated --kbs-url), the fault-matrix rows of
-// issue 13, through the real binary.
+// issue 13, against two test KBSes.
 func TestKBSFailover(t *testing.T) {
 	t.Run("first down at start", func(t *testing.T) {
 		b := newKBS(t, kbs.Config{})

@@ -1,4 +1,7 @@
-// Package e2e runs the real cdh-proxy binary against the strict test KBS.
+// Package e2e runs cdh-proxy against the strict test KBS: the daemon in
+// process, built exactly as the binary builds it (startProxy), and the real
+// binary for what only a process has: argv[0] names, signals, sd_notify,
+// exit codes, process settings (startProxyBin, execProxy).
 package e2e
 
 import (
@@ -6,6 +9,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/cli"
+	"github.com/cdh-proxy/cdh-proxy/internal/daemon"
+	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
@@ -133,19 +140,65 @@ func (k *testKBS) WriteCSI(repo, typ string, files map[string][]byte) error {
 	return kbs.LocalFsStore{Dir: k.Root}.LinkObjects(repo, typ, mnt, names...)
 }
 
-// proxyProc is a running cdh-proxy.
+// proxyProc is a running cdh-proxy: a child process (p set) or the daemon
+// in this process (stopInProcess set).
 type proxyProc struct {
 	t    *testing.T
 	p    *proc.Proc
 	Base string // http://127.0.0.1:port
 	logs *proc.Buffer
+
+	stopInProcess func() error
 }
 
-// startProxy runs cdh-proxy serve on 127.0.0.1:0 with args and the KBS's CA,
-// and waits for its "listening" log line.
+// noTEE is a machine without any TEE, never the test machine's own devices.
+func noTEE(t *testing.T) daemon.Hardware {
+	dir := t.TempDir()
+	return daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: dir, TPM: filepath.Join(dir, "tpmrm0")}
+}
+
+// startProxy runs `cdh-proxy serve --attester sample args…` in this process
+// on 127.0.0.1:0, trusting the KBS's CA: the daemon exactly as the binary
+// builds it (internal/cli, internal/daemon), on a machine with no TEE. env
+// stands for the process environment. Tests of what only the binary has
+// (signals, argv[0], sd_notify, exit codes) use startProxyBin.
 func startProxy(t *testing.T, k *testKBS, env []string, args ...string) *proxyProc {
 	t.Helper()
-	return startProxyBin(t, proxyBin, k, env, append([]string{"--attester", "sample"}, args...)...)
+	return startInProcess(t, k, noTEE(t), env, append([]string{"--attester", "sample"}, args...)...)
+}
+
+// startInProcess is startProxy on the given hardware, without a default attester.
+func startInProcess(t *testing.T, k *testKBS, hw daemon.Hardware, env []string, args ...string) *proxyProc {
+	t.Helper()
+	base := []string{"--bind", "127.0.0.1:0", "--cmdline", "-", "--initdata-dir", "-"}
+	if k != nil {
+		base = append(base, "--kbs-cert", k.CAFile)
+	}
+	vars := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	cfg, err := cli.ServeConfig(append(base, args...), func(k string) (string, bool) { v, ok := vars[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &proc.Buffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := daemon.New(ctx, cfg, daemon.ServeParts(cfg), daemon.Options{Hardware: hw, Logger: log, Notify: func(string) error { return nil }})
+	if err != nil {
+		cancel()
+		t.Fatalf("%v\n%s", err, logs)
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	pp := &proxyProc{t: t, Base: "http://" + d.HTTPAddr(), logs: logs, stopInProcess: func() error {
+		cancel()
+		return <-done
+	}}
+	t.Cleanup(pp.stop)
+	return pp
 }
 
 // startProxyBin is startProxy for a given binary, without a default attester.
@@ -181,9 +234,16 @@ func startProc(t *testing.T, bin string, env []string, readyMsg string, args ...
 	return pp
 }
 
-// stop sends SIGTERM and requires a clean exit.
+// stop ends the daemon (a child gets SIGTERM) and requires a clean exit.
+// It may be called twice.
 func (p *proxyProc) stop() {
-	if err := p.p.Stop(15 * time.Second); err != nil {
+	if p.stopInProcess != nil {
+		stop := p.stopInProcess
+		p.stopInProcess = func() error { return nil }
+		if err := stop(); err != nil {
+			p.t.Errorf("cdh-proxy exit: %v\n%s", err, p.logs)
+		}
+	} else if err := p.p.Stop(15 * time.Second); err != nil {
 		p.t.Errorf("cdh-proxy exit: %v\n%s", err, p.logs)
 	}
 	if p.t.Failed() {

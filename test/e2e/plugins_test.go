@@ -11,7 +11,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
-// KBS plugins other than resource, through the real binary: the HTTP route,
+// KBS plugins other than resource, end to end: the HTTP route,
 // CDH GetResource with kbs+<plugin>:///, per-plugin caching, statuses.
 func TestPlugins(t *testing.T) {
 	k := newKBS(t, kbs.Config{Policy: kbs.Policy{DenyPlugins: []string{"sample"}}})

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cdh-proxy/cdh-proxy/internal/daemon"
 	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
@@ -69,6 +70,19 @@ func teeCases() []teeCase {
 	}
 }
 
+// fakeHW is the simulator saved in dir as the daemon's hardware, as
+// test/cmd/cdh-proxy-fakehw builds it for a child process.
+func fakeHW(t *testing.T, tee, dir string) daemon.Hardware {
+	t.Helper()
+	fs, err := fakehw.LoadConfigFS(tee, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw := noTEE(t)
+	hw.TSM = fs
+	return hw
+}
+
 func fakeEnv(tee, dir string) []string {
 	return []string{"CDH_PROXY_FAKEHW=" + tee, "CDH_PROXY_FAKEHW_DIR=" + dir}
 }
@@ -81,7 +95,7 @@ func TestTEEAttestersEndToEnd(t *testing.T) {
 			t.Run(tc.tee+"/--attester "+flag, func(t *testing.T) {
 				dir := t.TempDir()
 				k := newKBS(t, tc.setup(t, dir, func(any) {}))
-				p := startProxyBin(t, fakeProxyBin, k, fakeEnv(tc.tee, dir), "--kbs-url", k.URL, "--attester", flag)
+				p := startInProcess(t, k, fakeHW(t, tc.tee, dir), nil, "--kbs-url", k.URL, "--attester", flag)
 				if r := p.get(cocoOne); r.Status != 200 || r.Body != "a secret" {
 					t.Fatalf("%d %s", r.Status, r.Body)
 				}
@@ -149,7 +163,7 @@ func TestTEEMismatchesReachTheCaller(t *testing.T) {
 					}
 					args = append(args, "--initdata", f)
 				}
-				p := startProxyBin(t, fakeProxyBin, k, fakeEnv(tc.tee, dir), args...)
+				p := startInProcess(t, k, fakeHW(t, tc.tee, dir), nil, args...)
 				r := p.get(cocoOne)
 				if c.want == "" {
 					if r.Status != 200 || r.Body != "a secret" {
@@ -185,7 +199,7 @@ func TestEvidenceCommandAndRoute(t *testing.T) {
 			if _, ok := ev[key]; !ok {
 				t.Fatalf("evidence lacks %s: %s", key, out)
 			}
-			p := startProxyBin(t, fakeProxyBin, k, fakeEnv(tc.tee, dir), "--kbs-url", k.URL, "--features", "all")
+			p := startInProcess(t, k, fakeHW(t, tc.tee, dir), nil, "--kbs-url", k.URL, "--features", "all")
 			r := p.get("/aa/evidence?runtime_data=aGVsbG8&encoding=base64")
 			if r.Status != 200 || !strings.Contains(r.Body, `"`+key+`"`) {
 				t.Fatalf("/aa/evidence: %d %.200s", r.Status, r.Body)

@@ -82,3 +82,9 @@ func LoadConfigFS(tee, dir string) (configfsi.Client, error) {
 	}
 	return nil, fmt.Errorf("fakehw: unknown tee %q", tee)
 }
+
+// NoConfigFS is a configfs-tsm with no report provider: a machine without
+// TDX or SEV-SNP, whatever the test machine has.
+func NoConfigFS() configfsi.Client {
+	return &faketsm.Client{Subsystems: map[string]configfsi.Client{}}
+}

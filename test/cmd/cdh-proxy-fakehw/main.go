@@ -30,7 +30,7 @@ func main() {
 // machine with no TEE at all (never the test machine's own devices).
 func hardware() (daemon.Hardware, error) {
 	noDev := filepath.Join(os.TempDir(), "cdh-proxy-fakehw-no-dev")
-	hw := daemon.Hardware{DevDir: noDev, TPM: filepath.Join(noDev, "tpmrm0")}
+	hw := daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: noDev, TPM: filepath.Join(noDev, "tpmrm0")}
 	tee := os.Getenv("CDH_PROXY_FAKEHW")
 	if tee == "" {
 		return hw, nil

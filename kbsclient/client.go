@@ -93,6 +93,8 @@ type Client struct {
 
 	baseCtx context.Context // parent of shared handshakes; cancelled by Close
 	cancel  context.CancelFunc
+	running sync.WaitGroup // the handshake goroutines, which Close waits for
+	closed  bool           // under mu: no handshake starts after Close
 
 	mu         sync.Mutex
 	cur        *session
@@ -164,8 +166,18 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close cancels any handshake still running in the background.
-func (c *Client) Close() { c.cancel() }
+// Close cancels any handshake still running in the background and waits
+// for it to end.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.running.Wait()
+}
+
+// errClosed answers callers of a closed client.
+var errClosed = errors.New("kbsclient: client closed")
 
 // Stats returns the counters.
 func (c *Client) Stats() Stats {
@@ -354,9 +366,16 @@ func (c *Client) session(ctx context.Context, stale *session) (*session, error) 
 
 func (c *Client) startHandshakeLocked() *handshakeFlight {
 	f := &handshakeFlight{done: make(chan struct{})}
+	if c.closed {
+		f.err = errClosed
+		close(f.done)
+		return f
+	}
 	c.flight = f
 	ep := c.preferredLocked(c.cfg.Now())
+	c.running.Add(1)
 	go func() {
+		defer c.running.Done()
 		ctx, cancel := context.WithTimeout(c.baseCtx, c.cfg.HandshakeTimeout)
 		s, err := c.handshake(ctx, ep)
 		cancel()

@@ -30,7 +30,8 @@ type fixture struct {
 	client *Client
 }
 
-func newFixture(t *testing.T, kcfg kbs.Config, ccfg Config) *fixture {
+// newTestKBS is a test KBS holding default/akv/coco_one = "a secret".
+func newTestKBS(t *testing.T, kcfg kbs.Config) (*kbs.Server, kbs.TreeStore) {
 	t.Helper()
 	store := kbs.TreeStore{Dir: t.TempDir()}
 	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
@@ -41,6 +42,12 @@ func newFixture(t *testing.T, kcfg kbs.Config, ccfg Config) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv, store
+}
+
+func newFixture(t *testing.T, kcfg kbs.Config, ccfg Config) *fixture {
+	t.Helper()
+	srv, store := newTestKBS(t, kcfg)
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)
 	ccfg.URL = ts.URL

@@ -32,15 +32,7 @@ func (t handlerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func newBubbleClient(t *testing.T, kcfg kbs.Config, ccfg Config, hang func(*http.Request) bool) (*kbs.Server, *Client) {
 	t.Helper()
-	store := kbs.TreeStore{Dir: t.TempDir()}
-	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
-		t.Fatal(err)
-	}
-	kcfg.Store = store
-	srv, err := kbs.New(kcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, _ := newTestKBS(t, kcfg)
 	ccfg.URL = "http://kbs.invalid"
 	ccfg.Attester = sample.Attester{}
 	ccfg.HTTPClient = &http.Client{Transport: handlerTransport{h: srv, hang: hang}}
@@ -102,6 +94,23 @@ func TestBudgetEndWithoutKBSAnswer(t *testing.T) {
 		var kerr *Error
 		if !errors.Is(err, context.DeadlineExceeded) || errors.As(err, &kerr) {
 			t.Fatalf("err = %v, want a bare deadline", err)
+		}
+	})
+}
+
+// Close waits for a handshake in flight, and nothing starts after it.
+func TestCloseOwnsHandshakes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, c := newBubbleClient(t, kbs.Config{}, Config{}, func(*http.Request) bool { return true })
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if _, err := c.Resource(ctx, coco); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%v", err)
+		}
+		// The handshake still runs on the client's own budget; Close ends it.
+		c.Close()
+		if err := c.Attest(context.Background()); !errors.Is(err, errClosed) {
+			t.Fatalf("Attest after Close: %v", err)
 		}
 	})
 }

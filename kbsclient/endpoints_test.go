@@ -41,18 +41,10 @@ func (s *switchable) serve(t *testing.T) *switchable {
 
 func newSwitchable(t *testing.T, cfg kbs.Config) *switchable {
 	t.Helper()
-	store := kbs.TreeStore{Dir: t.TempDir()}
-	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Store = store
 	if cfg.Plugins == nil {
 		cfg.Plugins = kbs.DefaultPlugins()
 	}
-	srv, err := kbs.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, _ := newTestKBS(t, cfg)
 	s := &switchable{Server: srv}
 	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.down.Load() {

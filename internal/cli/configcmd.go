@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,22 +9,14 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/config"
 )
 
+const configUsage = "usage: cdh-proxy config [serve flags]\n\nPrint the effective configuration of `cdh-proxy serve` with the same flags, and where each value came from.\n\n"
+
 // configCmd prints the effective configuration `serve` would run with,
 // each value with the source that set it; nothing secret is printed.
 func configCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("cdh-proxy config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	f := serveFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: cdh-proxy config [serve flags]\n\nPrint the effective configuration of `cdh-proxy serve` with the same flags, and where each value came from.\n\n")
-		fs.PrintDefaults()
-	}
-	if code, ok := parseWithFlagFile(fs, args, f); !ok {
+	f, code, ok := parseServeFlags("config", configUsage, args, stderr)
+	if !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "cdh-proxy config: unexpected arguments %q\n", fs.Args())
-		return 2
 	}
 	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "")
 	cfg, err := config.Load(*f, os.LookupEnv)

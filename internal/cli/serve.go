@@ -78,19 +78,9 @@ flags (each can also be set in the --config file; the command line wins):
 `
 
 func serve(args []string, stderr io.Writer, p Process) int {
-	fs := flag.NewFlagSet("cdh-proxy serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	f := serveFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, serveUsage)
-		fs.PrintDefaults()
-	}
-	if code, ok := parseWithFlagFile(fs, args, f); !ok {
+	f, code, ok := parseServeFlags("serve", serveUsage, args, stderr)
+	if !ok {
 		return code
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "cdh-proxy serve: unexpected arguments %q\n", fs.Args())
-		return 2
 	}
 	// Sockets are served when configured (--cdh-socket/--aa-socket, cdh.toml socket).
 	return runDaemon(f, stderr, p, daemon.ServeParts)
@@ -104,6 +94,26 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// parseServeFlags parses serve's flags (and --config) for the command
+// name; it returns the exit status when the command should stop.
+func parseServeFlags(name, usage string, args []string, stderr io.Writer) (*config.Flags, int, bool) {
+	fs := flag.NewFlagSet("cdh-proxy "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := serveFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseWithFlagFile(fs, args, f); !ok {
+		return nil, code, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cdh-proxy %s: unexpected arguments %q\n", name, fs.Args())
+		return nil, 2, false
+	}
+	return f, 0, true
 }
 
 // parseWithFlagFile parses args, then fills unset flags from --config.

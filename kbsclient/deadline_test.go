@@ -82,6 +82,16 @@ func TestBudgetEndKeepsLastKBSCause(t *testing.T) {
 			})
 		})
 	}
+	synctest.Test(t, func(t *testing.T) {
+		_, c := newBubbleClient(t, kbs.Config{}, Config{DisableKeyPregeneration: true}, nil)
+		synctest.Wait()
+		if _, err := c.Resource(context.Background(), coco); err != nil {
+			t.Fatal(err)
+		}
+		if c.nextKey != nil {
+			t.Fatal("a key was made ahead of time although disabled")
+		}
+	})
 }
 
 // A budget that ends before any KBS answer has no cause to attach.
@@ -111,6 +121,66 @@ func TestCloseOwnsHandshakes(t *testing.T) {
 		c.Close()
 		if err := c.Attest(context.Background()); !errors.Is(err, errClosed) {
 			t.Fatalf("Attest after Close: %v", err)
+		}
+	})
+}
+
+// The next handshake's key is made ahead of time: ready before the first
+// request, and again right after each handshake takes one; each handshake
+// still uses a key of its own.
+func TestKeysMadeAheadOfTime(t *testing.T) {
+	for _, alg := range []KeyAlgorithm{KeyEC256, KeyRSA256} {
+		t.Run(string(alg), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				_, c := newBubbleClient(t, kbs.Config{}, Config{KeyAlgorithm: alg}, nil)
+				ready := func() bool {
+					c.mu.Lock()
+					defer c.mu.Unlock()
+					if c.nextKey == nil {
+						return false
+					}
+					select {
+					case <-c.nextKey.done:
+						return true
+					default:
+						return false
+					}
+				}
+				synctest.Wait()
+				if !ready() {
+					t.Fatal("no key made ahead of the first handshake")
+				}
+				if _, err := c.Resource(context.Background(), coco); err != nil {
+					t.Fatal(err)
+				}
+				first := c.cur
+				synctest.Wait()
+				if !ready() {
+					t.Fatal("no key made ahead of the next handshake")
+				}
+				if _, err := c.Resource(context.Background(), coco); err != nil {
+					t.Fatal(err)
+				}
+				c.mu.Lock()
+				c.cur = nil // force a second handshake
+				c.mu.Unlock()
+				if _, err := c.Resource(context.Background(), coco); err != nil {
+					t.Fatal(err)
+				}
+				if c.cur.key == first.key {
+					t.Fatal("two handshakes shared a TEE key")
+				}
+			})
+		})
+	}
+	synctest.Test(t, func(t *testing.T) {
+		_, c := newBubbleClient(t, kbs.Config{}, Config{DisableKeyPregeneration: true}, nil)
+		synctest.Wait()
+		if _, err := c.Resource(context.Background(), coco); err != nil {
+			t.Fatal(err)
+		}
+		if c.nextKey != nil {
+			t.Fatal("a key was made ahead of time although disabled")
 		}
 	})
 }

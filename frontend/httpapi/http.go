@@ -301,19 +301,25 @@ func writeText(w http.ResponseWriter, status int, s string) {
 }
 
 // Serve runs the HTTP API on ln until ctx ends, then drains in-flight
-// requests for up to drain.
+// requests for up to drain. The connection limits (conns.go) are enforced
+// by a watcher this function owns.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, budget, drain time.Duration) error {
 	if budget <= 0 {
 		budget = DefaultBudget
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      budget + 10*time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}
+	srv := &http.Server{Handler: h, MaxHeaderBytes: 16 << 10}
+	watch := newConnWatch(budget)
+	ln = watch.install(srv, ln)
+	wctx, stopWatch := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watch.run(wctx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -325,7 +331,9 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, budget, drain t
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
+		<-errc
 		return fmt.Errorf("http drain: %w", err)
 	}
+	<-errc
 	return nil
 }

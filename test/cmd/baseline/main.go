@@ -1,6 +1,6 @@
 // Command baseline is the benchmark's floor: a bare net/http server that
 // answers every request with the same bytes from memory, with the headers
-// cdh-proxy sends. It logs {"msg":"listening","addr":…} like cdh-proxy.
+// cdh-proxy sends on a hit (same names, same byte count). It logs {"msg":"listening","addr":…} like cdh-proxy.
 package main
 
 import (
@@ -32,6 +32,9 @@ func main() {
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Cache-Control", "no-store")
 		h.Set("Content-Length", length)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Cache", "HIT")
+		h.Set("Age", "0")
 		_, _ = w.Write(body)
 	}))
 }

@@ -398,6 +398,7 @@ func (c *Client) startHandshakeLocked() *handshakeFlight {
 			c.retryAfter = c.cfg.Now().Add(refreshRetryDelay)
 		}
 		c.flight = nil
+		c.prefetchKeyLocked() // the next handshake's key, now that this one is done
 		c.mu.Unlock()
 		var kerr *Error
 		switch {

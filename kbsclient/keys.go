@@ -3,8 +3,9 @@ package kbsclient
 import "context"
 
 // The next handshake's TEE key is generated ahead of time — at New, and
-// again as soon as a handshake takes the one ready — so no handshake waits
-// for key generation (RSA-2048 takes ~75 ms, P-521 ~1 ms in pure Go).
+// again once a handshake has finished — so no handshake waits for key
+// generation (RSA-2048 takes ~75 ms, P-521 ~1 ms in pure Go), and none
+// competes with one for the CPU.
 // Every key is used for exactly one handshake, as before: this only moves
 // generation off the request path.
 
@@ -32,12 +33,12 @@ func (c *Client) prefetchKeyLocked() {
 }
 
 // takeKey returns the key made ahead of time (waiting for it if it is
-// still being made) and starts the next; without one it generates now.
+// still being made); without one it generates now. The handshake's end
+// starts the next (startHandshakeLocked).
 func (c *Client) takeKey(ctx context.Context) (*teeKey, error) {
 	c.mu.Lock()
 	p := c.nextKey
 	c.nextKey = nil
-	c.prefetchKeyLocked()
 	c.mu.Unlock()
 	if p == nil {
 		return newTEEKey(c.cfg.KeyAlgorithm)

@@ -33,13 +33,13 @@ const (
 type connInfo struct {
 	conn     net.Conn
 	state    atomic.Int32
-	since    atomic.Int64 // unix nanoseconds of the last state change
+	since    atomic.Int64 // the watcher's clock at the last state change
 	loopback bool         // the peer, checked once per connection
 }
 
-func (i *connInfo) set(state int32, now time.Time) {
+func (i *connInfo) set(state int32, now int64) {
 	i.state.Store(state)
-	i.since.Store(now.UnixNano())
+	i.since.Store(now)
 }
 
 type connKey struct{}
@@ -48,12 +48,19 @@ type connKey struct{}
 type connWatch struct {
 	conns sync.Map // *watchedConn → struct{}: only for the sweep
 	limit [3]time.Duration
-	now   func() time.Time
+	// clock is the time in unix nanoseconds, advanced by the watcher each
+	// tick: limits are enforced to a tick anyway, so state changes (three
+	// a request) read it instead of the system clock.
+	clock atomic.Int64
 }
 
 func newConnWatch(budget time.Duration) *connWatch {
-	return &connWatch{limit: [3]time.Duration{idleTimeout, headerTimeout, budget + writeSlack}, now: time.Now}
+	w := &connWatch{limit: [3]time.Duration{idleTimeout, headerTimeout, budget + writeSlack}}
+	w.clock.Store(time.Now().UnixNano())
+	return w
 }
+
+func (w *connWatch) now() int64 { return w.clock.Load() }
 
 // watchedConn notes when a request starts arriving: the first bytes read
 // on an idle connection.
@@ -126,14 +133,15 @@ func (w *connWatch) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now := <-t.C:
+			w.clock.Store(now.UnixNano())
 			w.sweep()
 		}
 	}
 }
 
 func (w *connWatch) sweep() {
-	now := w.now().UnixNano()
+	now := w.now()
 	w.conns.Range(func(k, _ any) bool {
 		info := k.(*watchedConn).info
 		if time.Duration(now-info.since.Load()) > w.limit[info.state.Load()] {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -35,16 +36,19 @@ type bench struct {
 	out      bytes.Buffer
 
 	// measured, for the goals table
-	minRatio      float64
-	p99At64       time.Duration // cdh-proxy, 32 B, 64 conns
-	baseP99At64   time.Duration
-	attestations  uint64
-	fetches       uint64
-	overhead      map[kbsclient.KeyAlgorithm]time.Duration
-	binMiB        float64
-	rssLoadedMiB  float64
-	listenMedian  time.Duration
-	cachedSecrets int
+	minRatio       float64
+	p99At64        time.Duration // cdh-proxy, 32 B, 64 conns
+	baseP99At64    time.Duration
+	maxP99Ratio    float64
+	maxCPURatio    float64 // cdh-proxy CPU/req ÷ floor's, worst cell at 16+ conns
+	attestations   uint64
+	fetches        uint64
+	overhead       map[kbsclient.KeyAlgorithm]time.Duration
+	binMiB         float64
+	rssLoadedMiB   float64
+	rssLoaded50MiB float64
+	listenMedian   time.Duration
+	cachedSecrets  int
 }
 
 func main() {
@@ -97,10 +101,9 @@ func (b *bench) goals() {
 		return "**missed**"
 	}
 	b.printf("## Goals\n\n| goal | measured | status | why / what would close it |\n|---|---|---|---|\n")
-	b.printf("| P1 ratio ≥ 0.9 (every cell) | lowest %.2f | %s | cells are medians of 3 alternating runs; on this shared 2-core VM run-to-run noise is ±10–20 %% (cells above 1.0 are noise too). The warm hit costs 0 allocations and ~0.5 µs of handler CPU (BenchmarkHandlerHit; chi's routing context, the last 4 allocations, is bypassed for this one route) against ~50–70 µs per request on the wire; no profile shows a hot spot of ours in what remains (net/http's per-request work, the read/write deadlines cdh-proxy sets and the baseline does not, and scheduling noise); an A/B without the deadlines was inside the noise. The default GC target of 50 %% (P5) costs ~2 %% CPU here (GC 3 %% instead of 1 %%; baseline runs Go's default). Longer, pinned runs on a quiet machine would settle it. |\n",
-		b.minRatio, mark(b.minRatio >= 0.9))
-	b.printf("| P1 p99 < 1 ms at 64 conns | %s (baseline %s) | %s | no server can meet it here: 64 requests always in flight on 2 cores at ~40 k req/s means ≥ 64/40 k ≈ 1.6 ms mean latency (Little's law) for the bare `net/http` floor too; the tail is CPU scheduling between wrk and the server. cdh-proxy's p99 tracks the floor's. Needs more cores or fewer connections (at 1 conn p99 is ~0.3 ms). |\n",
-		us(b.p99At64), us(b.baseP99At64), mark(b.p99At64 < time.Millisecond))
+	why := fmt.Sprintf("CPU per request at 16 and 64 connections is at most %.2f × the floor's (last column). ", b.maxCPURatio) + p1Why
+	b.printf("| P1 req/s ≥ 0.95 × floor (every cell, as shipped) | lowest %.2f | %s | %s |\n", b.minRatio, mark(b.minRatio >= 0.95), why)
+	b.printf("| P1 p99 ≤ 1.25 × floor's (every cell, as shipped) | highest %.2f | %s | %s |\n", b.maxP99Ratio, mark(b.maxP99Ratio <= 1.25), why)
 	b.printf("| P2 exactly 1 attestation, 100 fetches | %d and %d | %s | |\n", b.attestations, b.fetches, mark(b.attestations == 1 && b.fetches == 100))
 	for _, alg := range []kbsclient.KeyAlgorithm{kbsclient.KeyEC256, kbsclient.KeyEC521, kbsclient.KeyRSA256} {
 		o := b.overhead[alg]
@@ -112,7 +115,11 @@ func (b *bench) goals() {
 	}
 	b.printf("| P5 binary < 20 MiB | %.1f MiB | %s | |\n", b.binMiB, mark(b.binMiB < 20))
 	b.printf("| P5 listening < 20 ms | %s | %s | system roots load in the background (they took ~20 ms) |\n", us(b.listenMedian), mark(b.listenMedian < 20*time.Millisecond))
-	b.printf("| P5 RSS < 25 MiB with 10k secrets | %.1f MiB (%d secrets) | %s | with cdh-proxy's default GC target of 50 %% (Go's 100 %% measured ~26 MiB); the price, measured with GODEBUG=gctrace=1 under 3 s of warm-hit load at ~30k req/s: GC CPU 3 %% instead of 1 %% (the heap is tiny, so the GC runs at its minimum goal) — GOGC=100 restores Go's default |\n\n", b.rssLoadedMiB, b.cachedSecrets, mark(b.rssLoadedMiB < 25))
+	status := mark(b.rssLoadedMiB < 25)
+	if b.rssLoadedMiB >= 25 && b.rssLoaded50MiB < 25 {
+		status = "**missed** as shipped, met with GOGC=50"
+	}
+	b.printf("| P5 RSS < 25 MiB with 10k secrets | %.1f MiB as shipped, %.1f MiB with GOGC=50 (%d secrets) | %s | the documented trade-off: Go's GC target (100 %%) for throughput by default, GOGC=50 for a smaller heap. The live heap is tiny, so the GC runs at its minimum goal, 4 MiB × GOGC/100: at 50 %% it ran ~74 times a second under 16-connection warm-hit load (GODEBUG=gctrace=1), each cycle preempting every goroutine — the P1 `GOGC=50` table shows that price |\n\n", b.rssLoadedMiB, b.rssLoaded50MiB, b.cachedSecrets, status)
 }
 
 func (b *bench) header() {
@@ -150,9 +157,26 @@ func kbsServer(seed func(kbs.TreeStore) error) (*kbs.Server, *httptest.Server, e
 }
 
 func (b *bench) startProxy(kbsURL string, extra ...string) (*proc.Proc, error) {
+	return b.startProxyEnv(nil, kbsURL, extra...)
+}
+
+func (b *bench) startProxyEnv(env []string, kbsURL string, extra ...string) (*proc.Proc, error) {
 	args := append([]string{"serve", "--attester", "sample", "--kbs-url", kbsURL, "--bind", "127.0.0.1:0",
 		"--log-format", "json", "--cmdline", "-", "--cache-ttl", "1h"}, extra...)
-	return proc.Start(b.proxyBin, nil, "listening", args...)
+	return proc.Start(b.proxyBin, env, "listening", args...)
+}
+
+// loadCPU is load plus the server's CPU time per request over the run:
+// scheduling noise on a shared machine moves req/s far more than it moves
+// the CPU a request costs.
+func loadCPU(pid int, url string, conns int, d time.Duration, useWrk bool) (result, time.Duration, error) {
+	before := proc.CPUTime(pid)
+	r, err := load(url, conns, d, useWrk)
+	after := proc.CPUTime(pid)
+	if err != nil || r.Requests == 0 || before < 0 || after < 0 {
+		return r, 0, err
+	}
+	return r, (after - before) / time.Duration(r.Requests), nil
 }
 
 func fill(n int) []byte {
@@ -163,7 +187,9 @@ func fill(n int) []byte {
 	return b
 }
 
-// P1: warm hits, cdh-proxy vs the bare net/http floor, same bytes.
+// P1: warm hits, cdh-proxy vs the bare net/http floor, same bytes: as
+// shipped (Go's GC target, 100 %, as the floor), then with GOGC=50, the
+// memory-for-throughput setting.
 func (b *bench) p1() error {
 	sizes := []int{32, 4 << 10, 256 << 10}
 	conns := []int{1, 16, 64}
@@ -171,6 +197,19 @@ func (b *bench) p1() error {
 	if b.short {
 		sizes, conns, d, rounds = []int{32}, []int{16}, 500*time.Millisecond, 1
 	}
+	b.printf("## P1 — warm hit vs the loopback floor\n\n")
+	b.printf("Each cell: the median of %d rounds of %v closed-loop load per target, alternating cdh-proxy (serving a cached secret) and `test/cmd/baseline` (bare `net/http` with Go's defaults, the same bytes and headers from memory). ", rounds, d)
+	b.printf("Ratio = cdh-proxy req/s ÷ baseline req/s. Latencies p50 / p99 / p99.9. CPU/req: the server process's user+system CPU time over the run ÷ requests (less moved by scheduling noise than req/s).\n\n")
+	if err := b.p1Table("cdh-proxy as shipped (Go's GC target, 100 %)", nil, sizes, conns, d, rounds, true); err != nil {
+		return err
+	}
+	if b.short {
+		return nil
+	}
+	return b.p1Table("cdh-proxy with `GOGC=50` (the memory-tight setting; P5 has its RSS)", []string{"GOGC=50"}, []int{32}, conns, d, rounds, false)
+}
+
+func (b *bench) p1Table(title string, env []string, sizes, conns []int, d time.Duration, rounds int, goals bool) error {
 	_, ts, err := kbsServer(func(s kbs.TreeStore) error {
 		for _, n := range sizes {
 			if err := s.Write("bench", "size", fmt.Sprint(n), fill(n)); err != nil {
@@ -183,16 +222,14 @@ func (b *bench) p1() error {
 		return err
 	}
 	defer ts.Close()
-	p, err := b.startProxy(ts.URL, "--cache-max-entry", fmt.Sprint(1<<20))
+	p, err := b.startProxyEnv(env, ts.URL, "--cache-max-entry", fmt.Sprint(1<<20))
 	if err != nil {
 		return err
 	}
 	defer p.Stop(10 * time.Second)
 
-	b.printf("## P1 — warm hit vs the loopback floor\n\n")
-	b.printf("Each cell: the median of %d rounds of %v closed-loop load per target, alternating cdh-proxy (serving a cached secret) and `test/cmd/baseline` (bare `net/http`, same bytes and headers from memory). ", rounds, d)
-	b.printf("Ratio = cdh-proxy req/s ÷ baseline req/s. Latencies p50 / p99 / p99.9.\n\n")
-	b.printf("| size | conns | cdh-proxy req/s | baseline req/s | ratio | cdh-proxy p50 / p99 / p99.9 | baseline p50 / p99 / p99.9 |\n|---|---|---|---|---|---|---|\n")
+	b.printf("%s:\n\n", title)
+	b.printf("| size | conns | cdh-proxy req/s | baseline req/s | ratio | cdh-proxy p50 / p99 / p99.9 | baseline p50 / p99 / p99.9 | p99 ratio | CPU/req cdh-proxy / baseline |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, n := range sizes {
 		url := fmt.Sprintf("http://%s/cdh/resource/bench/size/%d", p.Addr, n)
 		if err := warm(url); err != nil {
@@ -205,12 +242,13 @@ func (b *bench) p1() error {
 		baseURL := "http://" + base.Addr + "/"
 		for _, c := range conns {
 			var rps, rbs []result
+			var cps, cbs []time.Duration
 			for range rounds { // alternate, so drift hits both alike
-				rp, err := load(url, c, d, b.useWrk)
+				rp, cp, err := loadCPU(p.Cmd.Process.Pid, url, c, d, b.useWrk)
 				if err != nil {
 					return err
 				}
-				rb, err := load(baseURL, c, d, b.useWrk)
+				rb, cb, err := loadCPU(base.Cmd.Process.Pid, baseURL, c, d, b.useWrk)
 				if err != nil {
 					return err
 				}
@@ -218,14 +256,23 @@ func (b *bench) p1() error {
 					return fmt.Errorf("P1 %dB/%d conns: %d proxy errors, %d baseline errors", n, c, rp.Errors, rb.Errors)
 				}
 				rps, rbs = append(rps, rp), append(rbs, rb)
+				cps, cbs = append(cps, cp), append(cbs, cb)
 			}
 			rp, rb := median(rps), median(rbs)
-			b.minRatio = min(b.minRatio, rp.RPS/rb.RPS)
-			if n == 32 && c == 64 {
-				b.p99At64, b.baseP99At64 = rp.P99, rb.P99
+			cp, cb := medianDur(cps), medianDur(cbs)
+			if goals {
+				b.minRatio = min(b.minRatio, rp.RPS/rb.RPS)
+				b.maxP99Ratio = max(b.maxP99Ratio, float64(rp.P99)/float64(rb.P99))
+				if c > 1 && cb > 0 {
+					b.maxCPURatio = max(b.maxCPURatio, float64(cp)/float64(cb))
+				}
+				if n == 32 && c == 64 {
+					b.p99At64, b.baseP99At64 = rp.P99, rb.P99
+				}
 			}
-			b.printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s / %s | %s / %s / %s |\n", size(n), c, rp.RPS, rb.RPS, rp.RPS/rb.RPS,
-				us(rp.P50), us(rp.P99), us(rp.P999), us(rb.P50), us(rb.P99), us(rb.P999))
+			b.printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s / %s | %s / %s / %s | %.2f | %.1f µs / %.1f µs |\n", size(n), c, rp.RPS, rb.RPS, rp.RPS/rb.RPS,
+				us(rp.P50), us(rp.P99), us(rp.P999), us(rb.P50), us(rb.P99), us(rb.P999), float64(rp.P99)/float64(rb.P99),
+				float64(cp)/float64(time.Microsecond), float64(cb)/float64(time.Microsecond))
 		}
 		_ = base.Stop(5 * time.Second)
 	}
@@ -411,13 +458,45 @@ func (b *bench) p5() error {
 		return err
 	}
 	defer ts.Close()
-	p, err := b.startProxy(ts.URL)
+	idle, loaded, err := b.rss(ts.URL, secrets, nil)
 	if err != nil {
 		return err
 	}
+	idle50, loaded50, err := b.rss(ts.URL, secrets, []string{"GOGC=50"})
+	if err != nil {
+		return err
+	}
+
+	var times []time.Duration
+	for range starts {
+		d, err := b.timeToListen()
+		if err != nil {
+			return err
+		}
+		times = append(times, d)
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	b.binMiB, b.rssLoadedMiB, b.rssLoaded50MiB, b.listenMedian, b.cachedSecrets = float64(fi.Size())/(1<<20), loaded, loaded50, times[len(times)/2], secrets
+	b.printf("## P5 — footprint\n\n")
+	b.printf("| measure | value | how |\n|---|---|---|\n")
+	b.printf("| binary size | %.1f MiB | `%s` built with `CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'` |\n", float64(fi.Size())/(1<<20), b.proxyBin)
+	b.printf("| RSS idle | %.1f MiB (GOGC=50: %.1f MiB) | VmRSS 0.5 s after start (token held) |\n", idle, idle50)
+	b.printf("| RSS with %d cached secrets | %.1f MiB (GOGC=50: %.1f MiB) | VmRSS after fetching %d distinct 32-byte secrets, cache TTL 1h |\n", secrets, loaded, loaded50, secrets)
+	b.printf("| exec → listening | %s median (min %s, max %s) | %d runs: fork/exec until a TCP connect to --bind succeeds, KBS not contacted first |\n\n",
+		us(times[len(times)/2]), us(times[0]), us(times[len(times)-1]), starts)
+	return nil
+}
+
+// rss starts cdh-proxy with env, reads its RSS idle and after fetching
+// secrets distinct secrets.
+func (b *bench) rss(kbsURL string, secrets int, env []string) (idle, loaded float64, err error) {
+	p, err := b.startProxyEnv(env, kbsURL)
+	if err != nil {
+		return 0, 0, err
+	}
 	defer p.Stop(10 * time.Second)
 	time.Sleep(500 * time.Millisecond)
-	idle := proc.RSS(p.Cmd.Process.Pid)
+	idle = proc.RSS(p.Cmd.Process.Pid)
 	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 32, MaxIdleConnsPerHost: 32}}
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -441,31 +520,13 @@ func (b *bench) p5() error {
 	}
 	close(next)
 	wg.Wait()
-	loaded := proc.RSS(p.Cmd.Process.Pid)
+	loaded = proc.RSS(p.Cmd.Process.Pid)
 	nFailed := 0
 	failed.Range(func(any, any) bool { nFailed++; return true })
 	if nFailed > 0 {
-		return fmt.Errorf("P5: %d of %d fetches failed", nFailed, secrets)
+		return 0, 0, fmt.Errorf("P5: %d of %d fetches failed", nFailed, secrets)
 	}
-
-	var times []time.Duration
-	for range starts {
-		d, err := b.timeToListen()
-		if err != nil {
-			return err
-		}
-		times = append(times, d)
-	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	b.binMiB, b.rssLoadedMiB, b.listenMedian, b.cachedSecrets = float64(fi.Size())/(1<<20), loaded, times[len(times)/2], secrets
-	b.printf("## P5 — footprint\n\n")
-	b.printf("| measure | value | how |\n|---|---|---|\n")
-	b.printf("| binary size | %.1f MiB | `%s` built with `CGO_ENABLED=0 go build -trimpath -ldflags='-s -w'` |\n", float64(fi.Size())/(1<<20), b.proxyBin)
-	b.printf("| RSS idle | %.1f MiB | VmRSS 0.5 s after start (token held) |\n", idle)
-	b.printf("| RSS with %d cached secrets | %.1f MiB | VmRSS after fetching %d distinct 32-byte secrets, cache TTL 1h |\n", secrets, loaded, secrets)
-	b.printf("| exec → listening | %s median (min %s, max %s) | %d runs: fork/exec until a TCP connect to --bind succeeds, KBS not contacted first |\n\n",
-		us(times[len(times)/2]), us(times[0]), us(times[len(times)-1]), starts)
-	return nil
+	return idle, loaded, nil
 }
 
 // timeToListen measures exec until the port accepts, on a fixed free port.
@@ -527,4 +588,14 @@ func (b *bench) goBench(title string, args ...string) error {
 func median(rs []result) result {
 	sort.Slice(rs, func(i, j int) bool { return rs[i].RPS < rs[j].RPS })
 	return rs[len(rs)/2]
+}
+
+// p1Why is the profile-backed account of what separates cdh-proxy's warm
+// hit from the floor (issue 16), kept next to the numbers it explains.
+const p1Why = "What cdh-proxy spends beyond the floor, by CPU profiles of both under the same wrk load: the loopback/Origin/Host guard and path validation (~0.3 µs, ours, needed), the cache lookup and `Age`/`X-Cache` headers (~0.2 µs, ours), one metrics increment (atomic, <0.05 µs), and nothing of the GC: cdh-proxy now runs Go's GC target like the floor (the `GOGC=50` table shows what the old 50 % default cost). The per-request socket deadlines that cost ~3 µs are gone (connections are watched by one ticker). The rest of the spread between runs is scheduling on this shared 2-core VM, where wrk and the server compete for the same cores: req/s and p99 move by 10–20 % between identical rounds, CPU/req far less."
+
+func medianDur(v []time.Duration) time.Duration {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -142,14 +142,13 @@ func TestSdNotify(t *testing.T) {
 	}
 }
 
-// The GC target defaults to 50 % (memory in a confidential VM is scarce);
-// GOGC in the environment wins.
+// The GC target is Go's default (100 %); GOGC in the environment sets it.
 func TestGCPercent(t *testing.T) {
 	k := newKBS(t, kbs.Config{})
 	for _, tc := range []struct {
 		env  []string
 		want float64
-	}{{nil, 50}, {[]string{"GOGC=120"}, 120}} {
+	}{{nil, 100}, {[]string{"GOGC=50"}, 50}} {
 		p := startProxyBin(t, proxyBin, k, tc.env, "--attester", "sample", "--kbs-url", k.URL) // a process setting
 		if got := metric(t, p, "go_gc_gogc_percent"); got != tc.want {
 			t.Errorf("env %v: go_gc_gogc_percent = %v, want %v", tc.env, got, tc.want)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // RSS returns a process's resident set in MiB (VmRSS), or -1 when unknown.
@@ -37,4 +38,26 @@ func Sample(metrics, sample string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// CPUTime is the user+system CPU time the process has used so far, from
+// /proc/<pid>/stat; -1 when it cannot be read.
+func CPUTime(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// Fields after the command, which is in parentheses and may hold spaces.
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return -1
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	const clkTck = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / clkTck
 }

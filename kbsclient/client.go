@@ -355,6 +355,8 @@ func (c *Client) session(ctx context.Context, stale *session) (*session, error) 
 		moveBack := c.preferredLocked(now) != s.ep
 		if (s.needsRefresh(now) || moveBack) && c.flight == nil && !now.Before(c.retryAfter) {
 			c.startHandshakeLocked()
+		} else if s.pastHalfLife(now) {
+			c.prefetchKeyLocked()
 		}
 		c.mu.Unlock()
 		return s, nil
@@ -398,7 +400,9 @@ func (c *Client) startHandshakeLocked() *handshakeFlight {
 			c.retryAfter = c.cfg.Now().Add(refreshRetryDelay)
 		}
 		c.flight = nil
-		c.prefetchKeyLocked() // the next handshake's key, now that this one is done
+		if err != nil {
+			c.prefetchKeyLocked() // for the retry; after a success, at half the token's life
+		}
 		c.mu.Unlock()
 		var kerr *Error
 		switch {

@@ -155,8 +155,16 @@ func TestKeysMadeAheadOfTime(t *testing.T) {
 				}
 				first := c.cur
 				synctest.Wait()
+				if ready() {
+					t.Fatal("a key was made right after the handshake, beside the requests that follow it")
+				}
+				time.Sleep(first.expires.Sub(first.obtained)/2 + time.Second) // past half the token's life
+				if _, err := c.Resource(context.Background(), coco); err != nil {
+					t.Fatal(err)
+				}
+				synctest.Wait()
 				if !ready() {
-					t.Fatal("no key made ahead of the next handshake")
+					t.Fatal("no key made ahead of the refresh")
 				}
 				if _, err := c.Resource(context.Background(), coco); err != nil {
 					t.Fatal(err)

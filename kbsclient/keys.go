@@ -2,10 +2,11 @@ package kbsclient
 
 import "context"
 
-// The next handshake's TEE key is generated ahead of time — at New, and
-// again once a handshake has finished — so no handshake waits for key
-// generation (RSA-2048 takes ~75 ms, P-521 ~1 ms in pure Go), and none
-// competes with one for the CPU.
+// The next handshake's TEE key is generated ahead of time — at New, after
+// a failed handshake (for the retry), and once a token is half way through
+// its life (for the proactive refresh at ~80 %) — so no handshake waits for
+// key generation (RSA-2048 takes ~75 ms, P-521 ~1 ms in pure Go) and none
+// runs beside a handshake or the requests that follow one.
 // Every key is used for exactly one handshake, as before: this only moves
 // generation off the request path.
 

@@ -77,3 +77,10 @@ func (s *session) usable(now time.Time) bool {
 func (s *session) needsRefresh(now time.Time) bool {
 	return s == nil || !now.Before(s.refreshAt)
 }
+
+// pastHalfLife reports whether half the token's life is gone: time to make
+// the key of the refresh that comes at ~80 %, well away from the handshake
+// and the requests that just used the CPU.
+func (s *session) pastHalfLife(now time.Time) bool {
+	return !now.Before(s.obtained.Add(s.expires.Sub(s.obtained) / 2))
+}

@@ -82,16 +82,6 @@ func TestBudgetEndKeepsLastKBSCause(t *testing.T) {
 			})
 		})
 	}
-	synctest.Test(t, func(t *testing.T) {
-		_, c := newBubbleClient(t, kbs.Config{}, Config{DisableKeyPregeneration: true}, nil)
-		synctest.Wait()
-		if _, err := c.Resource(context.Background(), coco); err != nil {
-			t.Fatal(err)
-		}
-		if c.nextKey != nil {
-			t.Fatal("a key was made ahead of time although disabled")
-		}
-	})
 }
 
 // A budget that ends before any KBS answer has no cause to attach.

@@ -16,7 +16,6 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
-	"strconv"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/cache"
@@ -24,6 +23,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
 	"github.com/cdh-proxy/cdh-proxy/resource"
+	"github.com/cdh-proxy/cdh-proxy/test/floor"
 )
 
 type staticKBS []byte
@@ -50,17 +50,7 @@ func main() {
 	}
 	var h http.Handler
 	if *mode == "baseline" {
-		length := strconv.Itoa(len(body))
-		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			hd := w.Header()
-			hd.Set("Content-Type", "application/octet-stream")
-			hd.Set("Cache-Control", "no-store")
-			hd.Set("Content-Length", length)
-			hd.Set("X-Content-Type-Options", "nosniff")
-			hd.Set("X-Cache", "HIT")
-			hd.Set("Age", "0")
-			_, _ = w.Write(body)
-		})
+		h = floor.Handler(*size)
 	} else {
 		c, _ := cache.New(cache.Config{TTL: time.Hour})
 		m, _ := metrics.New(metrics.StatsSource{Cache: c.Stats})

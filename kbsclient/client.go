@@ -574,14 +574,19 @@ func (c *Client) do(ctx context.Context, hc *http.Client, ep *endpoint, req *htt
 	ep.requests.Add(1)
 	body, ctype, err := c.roundTrip(ctx, hc, req, op)
 	var kerr *Error
-	if errors.As(err, &kerr) {
+	switch {
+	case errors.As(err, &kerr):
 		kerr.KBS = ep.name
 		c.mu.Lock()
 		c.lastFail, c.lastFailAt = err, c.cfg.Now()
 		c.mu.Unlock()
 		if kerr.Kind == Unavailable {
 			c.markDown(ep, err)
+		} else {
+			c.markUp(ep) // it answered, if with a refusal
 		}
+	case err == nil:
+		c.markUp(ep)
 	}
 	return body, ctype, err
 }

@@ -80,17 +80,30 @@ func (c *Client) preferredLocked(now time.Time) *endpoint {
 // (no connection, 5xx, a broken body), and drops idle connections so the
 // next request dials afresh, resolving the host name again.
 func (c *Client) markDown(ep *endpoint, cause error) {
+	c.cfg.HTTPClient.CloseIdleConnections()
+	if len(c.eps) < 2 {
+		return // nowhere to move to: retry it, with the token it issued
+	}
 	c.mu.Lock()
 	now := c.cfg.Now()
 	wasPreferred := c.preferredLocked(now) == ep
 	ep.downUntil = now.Add(c.cfg.FailbackAfter)
 	next := c.preferredLocked(now)
 	c.mu.Unlock()
-	c.cfg.HTTPClient.CloseIdleConnections()
 	if wasPreferred && next != ep {
 		c.failovers.Add(1)
 		c.log.Warn("KBS unavailable; failing over", "kbs", ep.name, "next", next.name, "retry_after", c.cfg.FailbackAfter, "err", cause)
 	}
+}
+
+// markUp notes that ep answered: it is no longer passed over.
+func (c *Client) markUp(ep *endpoint) {
+	if len(c.eps) < 2 {
+		return
+	}
+	c.mu.Lock()
+	ep.downUntil = time.Time{}
+	c.mu.Unlock()
 }
 
 // failedOver reports whether, after a failure at the endpoint named

@@ -292,3 +292,48 @@ func TestDialsByHostNameAndDropsIdleOnFailure(t *testing.T) {
 		}
 	}
 }
+
+// With one endpoint a transient failure is retried with the same token: a
+// 5xx says nothing about the token, and there is nowhere to move to.
+func TestSingleEndpointKeepsTokenAcrossTransientFailures(t *testing.T) {
+	k := newSwitchable(t, kbs.Config{}).serve(t)
+	c := newMulti(t, Config{Rand: func() float64 { return 0 }}, k.url)
+	ctx := context.Background()
+	if _, err := c.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	k.SetFaults(kbs.Faults{Status: http.StatusBadGateway, Only: []kbs.Endpoint{kbs.EndpointResource}, Times: 2})
+	for range 3 {
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := k.Counts(); n.Handshakes != 1 || n.Resource != 6 {
+		t.Fatalf("%+v: a transient failure must not cost an attestation (want 1 handshake, 6 resource GETs)", n)
+	}
+}
+
+// An endpoint that answers again is no longer passed over.
+func TestEndpointUpAgainAfterSuccess(t *testing.T) {
+	a, b := newSwitchable(t, kbs.Config{}).serve(t), newSwitchable(t, kbs.Config{}).serve(t)
+	c := newMulti(t, Config{MaxRetries: -1}, a.url, b.url)
+	ctx := context.Background()
+	if _, err := c.Resource(ctx, coco); err != nil {
+		t.Fatal(err)
+	}
+	b.SetFaults(kbs.Faults{Status: http.StatusBadGateway, Only: []kbs.Endpoint{kbs.EndpointResource}, Times: 1})
+	a.down.Store(true)
+	// a fails → b; b's first resource GET fails → back to a, still down,
+	// then b answers: the call may fail, but b must not stay passed over.
+	_, _ = c.Resource(ctx, coco)
+	a.down.Store(false)
+	before := b.Counts().Handshakes
+	for range 3 {
+		if _, err := c.Resource(ctx, coco); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := b.Counts().Handshakes + a.Counts().Handshakes; n > before+2 {
+		t.Fatalf("handshakes kept happening: %d", n)
+	}
+}

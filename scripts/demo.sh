@@ -40,7 +40,8 @@ write_csi() { # dir
 }
 case "$LAYOUT" in
 localfs)
-	akv="$(pwd)/$DEMO/mnt/akv"
+	mkdir -p "$DEMO/mnt/akv"
+	akv="$(cd "$DEMO/mnt/akv" && pwd)" # absolute: the links must resolve from anywhere
 	write_csi "$akv"
 	mkdir -p "$DEMO/repository/repository"
 	for obj in coco_one coco_two; do

@@ -141,8 +141,27 @@ var (
 // TestReadmeShellBlocks runs every shell block of the README as a newcomer
 // would, and fails on a block it does not know how to run, so the README
 // cannot gain an untested command.
+// untracked lists the files under the repository that git does not track
+// and does not ignore: what a test run left behind.
+func untracked(t *testing.T, root string) string {
+	t.Helper()
+	out, err := exec.Command("git", "-C", root, "ls-files", "--others", "--exclude-standard").Output()
+	if err != nil {
+		t.Fatalf("git ls-files: %v", err)
+	}
+	return string(out)
+}
+
 func TestReadmeShellBlocks(t *testing.T) {
 	root, _ := filepath.Abs("../..")
+	// Nothing the README runs may write into the checkout (make demo once
+	// did, with DEMO_DIR absolute). bin/ and .demo are ignored by git.
+	before := untracked(t, root)
+	t.Cleanup(func() {
+		if after := untracked(t, root); after != before {
+			t.Errorf("the README's commands left files in the checkout:\n%s", after)
+		}
+	})
 	blocks := shellBlocks(t, "../../README.md")
 	seen := map[string]bool{}
 	for i, block := range blocks {

@@ -15,26 +15,19 @@ import (
 // a plugin call. A copy, because the cached buffer may be released (and
 // zeroed) once the caller is done with it.
 func (c *Secrets) Fetch(ctx context.Context, uri string) ([]byte, error) {
-	var v *cache.Value
-	var err error
-	if resource.IsPluginURI(uri) {
-		var pl resource.Plugin
-		if pl, err = resource.ParsePluginURI(uri); err != nil {
+	if !resource.IsPluginURI(uri) {
+		p, err := resource.ParseURI(uri)
+		if err != nil {
 			return nil, err
 		}
-		v, _, err = c.Plugin(ctx, pl, false)
-	} else {
-		var p resource.Path
-		if p, err = resource.ParseURI(uri); err != nil {
-			return nil, err
-		}
-		v, _, err = c.Resource(ctx, p, false)
+		return c.fetchResource(ctx, p)
 	}
+	pl, err := resource.ParsePluginURI(uri)
 	if err != nil {
 		return nil, err
 	}
-	defer v.Release()
-	return append([]byte(nil), v.Bytes()...), nil
+	v, _, err := c.Plugin(ctx, pl, false)
+	return copyOut(v, err)
 }
 
 // Unseal resolves a sealed secret ("sealed.<jws>"): its signature is
@@ -64,6 +57,11 @@ func (c *Secrets) Unseal(ctx context.Context, input string) ([]byte, error) {
 
 func (c *Secrets) fetchResource(ctx context.Context, p resource.Path) ([]byte, error) {
 	v, _, err := c.Resource(ctx, p, false)
+	return copyOut(v, err)
+}
+
+// copyOut copies a value out of the cache and releases it.
+func copyOut(v *cache.Value, err error) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}

@@ -73,11 +73,16 @@ type RemoteCDH struct{ *Remote }
 // Resource serves a resource through the CDH socket. refresh cannot be forwarded: the CDH API has
 // no such flag, and the CDH process applies its own cache.
 func (r RemoteCDH) Resource(ctx context.Context, p resource.Path, _ bool) (*cache.Value, cache.Meta, error) {
+	return r.get(ctx, "kbs:///"+p.String())
+}
+
+// get is CDH's GetResource for a KBS URI.
+func (r RemoteCDH) get(ctx context.Context, uri string) (*cache.Value, cache.Meta, error) {
 	c, err := r.client(ctx)
 	if err != nil {
 		return nil, cache.Meta{}, core.Unreachable("CDH socket", err)
 	}
-	resp, err := cdh.NewGetResourceServiceClient(c).GetResource(ctx, &cdh.GetResourceRequest{ResourcePath: "kbs:///" + p.String()})
+	resp, err := cdh.NewGetResourceServiceClient(c).GetResource(ctx, &cdh.GetResourceRequest{ResourcePath: uri})
 	if err != nil {
 		return nil, cache.Meta{}, core.FromStatus(err)
 	}
@@ -116,17 +121,9 @@ func (r RemoteAA) Token(ctx context.Context) (string, []byte, error) {
 // Plugin serves a plugin call over the CDH socket's GetResource, which takes
 // kbs+<plugin>:/// URIs. The CDH process decides about caching.
 func (r RemoteCDH) Plugin(ctx context.Context, p resource.Plugin, _ bool) (*cache.Value, cache.Meta, error) {
-	c, err := r.client(ctx)
-	if err != nil {
-		return nil, cache.Meta{}, core.Unreachable("CDH socket", err)
-	}
 	uri := "kbs+" + p.Name + ":///" + p.Path
 	if p.Query != "" {
 		uri += "?" + p.Query
 	}
-	resp, err := cdh.NewGetResourceServiceClient(c).GetResource(ctx, &cdh.GetResourceRequest{ResourcePath: uri})
-	if err != nil {
-		return nil, cache.Meta{}, core.FromStatus(err)
-	}
-	return cache.NewValue(resp.GetResource()), cache.Meta{}, nil
+	return r.get(ctx, uri)
 }

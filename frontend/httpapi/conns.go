@@ -31,7 +31,6 @@ const (
 )
 
 type connInfo struct {
-	conn     net.Conn
 	state    atomic.Int32
 	since    atomic.Int64 // the watcher's clock at the last state change
 	loopback bool         // the peer, checked once per connection
@@ -88,7 +87,7 @@ func (l watchedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &connInfo{conn: c, loopback: loopbackPeer(c.RemoteAddr().String())}
+	info := &connInfo{loopback: loopbackPeer(c.RemoteAddr().String())}
 	info.set(connIdle, l.w.now())
 	wc := &watchedConn{Conn: c, info: info, w: l.w}
 	l.w.conns.Store(wc, struct{}{})
@@ -143,9 +142,9 @@ func (w *connWatch) run(ctx context.Context) {
 func (w *connWatch) sweep() {
 	now := w.now()
 	w.conns.Range(func(k, _ any) bool {
-		info := k.(*watchedConn).info
-		if time.Duration(now-info.since.Load()) > w.limit[info.state.Load()] {
-			info.conn.Close()
+		wc := k.(*watchedConn)
+		if time.Duration(now-wc.info.since.Load()) > w.limit[wc.info.state.Load()] {
+			wc.Close()
 		}
 		return true
 	})

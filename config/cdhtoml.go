@@ -30,7 +30,7 @@ type CDHFile struct {
 		Path        string `toml:"path"`
 	} `toml:"credentials"`
 	SkipSealedSecretVerification bool           `toml:"skip_sealed_secret_verification"`
-	Image                        map[string]any `toml:"image"` // accepted, unused: no image pull here
+	Image                        Image          `toml:"image"`
 }
 
 // URLList decodes a TOML string as a one-element list and an array of
@@ -87,6 +87,9 @@ func ParseCDH(name string, data []byte) (*CDHFile, []string, error) {
 	}
 	if len(f.KBC.URL) == 0 || slices.Contains(f.KBC.URL, "") {
 		return nil, nil, fmt.Errorf("%s: [kbc] url is required", name)
+	}
+	if f.Image, err = f.Image.withDefaults(name); err != nil {
+		return nil, nil, err
 	}
 	return &f, warns, nil
 }

@@ -70,6 +70,7 @@ type Config struct {
 	CredDir              string
 	// SkipSealedSecretVerification: cdh.toml key or SKIP_SEALED_SECRET_VERIFICATION=true.
 	SkipSealedSecretVerification bool
+	Image                        Image // cdh.toml [image]: guest image pull
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
 	Warnings []string
 	// Sources names, per field, the source whose value won (Describe).

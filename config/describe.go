@@ -67,6 +67,7 @@ func (c *Config) Describe() []Setting {
 		{"stale-if-error", "StaleIfError", dur(c.StaleIfError)},
 		{"cache-plugin", "CachePlugins", orNone(strings.Join(c.CachePlugins, ", "))},
 		{"credentials", "Credentials", orNone(strings.Join(creds, ", "))},
+		{"image", "Image", c.Image.describe()},
 		{"skip-sealed-secret-verification", "SkipSealedSecretVerification", strconv.FormatBool(c.SkipSealedSecretVerification)},
 		{"tdx-eventlog", "TDXEventLog", orNone(c.TDXEventLog)},
 		{"tpm", "TPM", orNone(c.TPM)},

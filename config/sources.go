@@ -83,6 +83,13 @@ func Load(f Flags, env Env) (*Config, error) {
 	layers = append(layers, defaults())
 	c := merge(layers)
 	c.Warnings = append(warns, c.Warnings...)
+	if v, ok := env(EnvImageAuthURI); ok && v != "" {
+		if !strings.HasPrefix(v, "kbs:///") && !strings.HasPrefix(v, "file://") {
+			return nil, fmt.Errorf("%s %q: want a kbs:/// or file:// URI", EnvImageAuthURI, v)
+		}
+		c.Image.AuthURI = v
+		c.Sources["Image"] += " + " + EnvImageAuthURI
+	}
 	if len(c.KBSURLs) == 0 {
 		return nil, errors.New("no KBS URL: pass --kbs-url, set AA_KBC_PARAMS=cc_kbc::<url>, give a cdh.toml with [kbc] url (-c) or an aa.toml with [token_configs.kbs] url, or boot with agent.aa_kbc_params")
 	}
@@ -294,6 +301,8 @@ func fromCDHFile(path string) (layer, []string, error) {
 		l.c.Credentials = append(l.c.Credentials, Credential{ResourceURI: cr.ResourceURI, Path: cr.Path, Source: path})
 		l.from("Credentials", path+" [[credentials]]")
 	}
+	l.c.Image = cdh.Image
+	l.from("Image", path+" [image]")
 	return l, warns, nil
 }
 
@@ -361,8 +370,9 @@ func defaults() layer {
 		CacheMaxItem: DefaultCacheMaxEntry, Budget: DefaultBudget, LogLevel: "info", LogFormat: "text",
 		Features: core.Features{Resource: true}, CredDir: DefaultCredentialsDir, AzureEvidenceVersion: 2,
 		KBSFailback: kbsclient.DefaultFailbackAfter,
+		Image:       Image{WorkDir: DefaultImageWorkDir, MaxConcurrentLayerDownloads: DefaultImageLayerDownloads},
 	}
-	for _, f := range []string{"Attester", "Bind", "CacheTTL", "CacheMaxByte", "CacheMaxItem", "Budget", "LogLevel", "LogFormat", "Features", "CredDir", "AzureEvidenceVersion", "KBSFailback"} {
+	for _, f := range []string{"Attester", "Bind", "CacheTTL", "CacheMaxByte", "CacheMaxItem", "Budget", "LogLevel", "LogFormat", "Features", "CredDir", "AzureEvidenceVersion", "KBSFailback", "Image"} {
 		l.from(f, "default")
 	}
 	return l

@@ -1,0 +1,144 @@
+package config
+
+import (
+	"cmp"
+	"fmt"
+	"strings"
+)
+
+// DefaultImageWorkDir is where pulled layers live, as image-rs keeps them:
+// /run is tmpfs in a confidential guest, so layers stay in encrypted memory.
+const DefaultImageWorkDir = "/run/image-rs"
+
+// DefaultImageLayerDownloads is image-rs's default
+// max_concurrent_layer_downloads_per_image.
+const DefaultImageLayerDownloads = 3
+
+// EnvImageAuthURI overrides [image] authenticated_registry_credentials_uri,
+// as confidential-data-hub reads it (peer pods set it to a file:// URI).
+const EnvImageAuthURI = "CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"
+
+// Image is cdh.toml's [image] section as guest-components reads it
+// (spec image-pull.md, "Configuration"). The zero value pulls with the
+// defaults: no signature policy, no credentials, the system roots.
+type Image struct {
+	WorkDir                     string `toml:"work_dir"`
+	MaxConcurrentLayerDownloads int    `toml:"max_concurrent_layer_downloads_per_image"`
+	// PolicyURI (kbs:/// or file://) wins over the inline Policy.
+	PolicyURI         string `toml:"image_security_policy_uri"`
+	Policy            string `toml:"image_security_policy"`
+	SigstoreConfigURI string `toml:"sigstore_config_uri"`
+	AuthURI           string `toml:"authenticated_registry_credentials_uri"`
+	// RegistriesURI (kbs:/// or file://) wins over the inline Registries.
+	RegistriesURI         string          `toml:"registry_configuration_uri"`
+	Registries            *RegistriesConf `toml:"registry_config"`
+	ExtraRootCertificates []string        `toml:"extra_root_certificates"`
+	Proxy                 *ImageProxy     `toml:"image_pull_proxy"`
+}
+
+// RegistriesConf is the subset of containers-registries.conf(5) that
+// [image.registry_config] carries.
+type RegistriesConf struct {
+	UnqualifiedSearchRegistries []string   `toml:"unqualified-search-registries"`
+	Registry                    []Registry `toml:"registry"`
+}
+
+// Registry is one [[registry]] entry of containers-registries.conf(5).
+type Registry struct {
+	Prefix   string   `toml:"prefix,omitempty"`
+	Location string   `toml:"location,omitempty"`
+	Insecure bool     `toml:"insecure,omitempty"`
+	Blocked  bool     `toml:"blocked,omitempty"`
+	Mirror   []Mirror `toml:"mirror,omitempty"`
+}
+
+// Mirror is one [[registry.mirror]] entry.
+type Mirror struct {
+	Location string `toml:"location"`
+	Insecure bool   `toml:"insecure,omitempty"`
+}
+
+// ImageProxy is [image.image_pull_proxy].
+type ImageProxy struct {
+	HTTPSProxy string `toml:"https_proxy"`
+	HTTPProxy  string `toml:"http_proxy"`
+	NoProxy    string `toml:"no_proxy"`
+}
+
+// withDefaults fills what cdh.toml left out and checks what cannot work.
+func (im Image) withDefaults(name string) (Image, error) {
+	if im.WorkDir == "" {
+		im.WorkDir = DefaultImageWorkDir
+	}
+	if !strings.HasPrefix(im.WorkDir, "/") {
+		return im, fmt.Errorf("%s: [image] work_dir %q must be an absolute path", name, im.WorkDir)
+	}
+	switch {
+	case im.MaxConcurrentLayerDownloads == 0:
+		im.MaxConcurrentLayerDownloads = DefaultImageLayerDownloads
+	case im.MaxConcurrentLayerDownloads < 0:
+		return im, fmt.Errorf("%s: [image] max_concurrent_layer_downloads_per_image must be positive, got %d", name, im.MaxConcurrentLayerDownloads)
+	}
+	for key, uri := range map[string]string{
+		"image_security_policy_uri":              im.PolicyURI,
+		"sigstore_config_uri":                    im.SigstoreConfigURI,
+		"authenticated_registry_credentials_uri": im.AuthURI,
+		"registry_configuration_uri":             im.RegistriesURI,
+	} {
+		if uri != "" && !strings.HasPrefix(uri, "kbs:///") && !strings.HasPrefix(uri, "file://") {
+			return im, fmt.Errorf("%s: [image] %s %q: want a kbs:/// or file:// URI", name, key, uri)
+		}
+	}
+	if r := im.Registries; r != nil {
+		for i, reg := range r.Registry {
+			if reg.Prefix == "" && reg.Location == "" {
+				return im, fmt.Errorf("%s: [image.registry_config] registry #%d needs a prefix or a location", name, i+1)
+			}
+			for _, m := range reg.Mirror {
+				if m.Location == "" {
+					return im, fmt.Errorf("%s: [image.registry_config] registry %q: a mirror needs a location", name, cmp.Or(reg.Prefix, reg.Location))
+				}
+			}
+		}
+	}
+	return im, nil
+}
+
+
+// describe is one line for `cdh-proxy config`: where each part comes from,
+// never its content (an inline policy or a proxy URL may carry secrets).
+func (im Image) describe() string {
+	policy := "none (every image accepted, as guest-components)"
+	switch {
+	case im.PolicyURI != "":
+		policy = redactURL(im.PolicyURI)
+	case im.Policy != "":
+		policy = "inline"
+	}
+	regs := "defaults"
+	switch {
+	case im.RegistriesURI != "":
+		regs = redactURL(im.RegistriesURI)
+	case im.Registries != nil:
+		regs = "inline"
+	}
+	parts := []string{
+		"work_dir " + im.WorkDir,
+		fmt.Sprintf("downloads %d", im.MaxConcurrentLayerDownloads),
+		"policy " + policy,
+		"registries " + regs,
+	}
+	if im.AuthURI != "" {
+		parts = append(parts, "credentials "+redactURL(im.AuthURI))
+	}
+	if im.SigstoreConfigURI != "" {
+		parts = append(parts, "sigstore "+redactURL(im.SigstoreConfigURI))
+	}
+	if n := len(im.ExtraRootCertificates); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d extra roots", n))
+	}
+	if im.Proxy != nil {
+		parts = append(parts, "proxy set")
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,290 @@
+package imagepull
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/containerd/containerd/v2/pkg/archive"
+	"github.com/containers/ocicrypt/blockcipher"
+	"github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/pkg/blobinfocache/none"
+	"go.podman.io/image/v5/pkg/compression"
+	"go.podman.io/image/v5/types"
+	"golang.org/x/sync/errgroup"
+)
+
+// fetchLayer streams one image's layers: digest-checked, decrypted when
+// encrypted, decompressed.
+type fetchLayer struct {
+	src   types.ImageSource
+	fetch Fetcher
+	image string
+}
+
+// apply streams layer info into root with archive.Apply and checks every
+// digest before it returns nil. What it wrote is only trustworthy when it
+// returns nil: callers unpack into a scratch place first.
+func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string, overlay bool, counted *atomic.Int64) error {
+	what := fmt.Sprintf("%s layer %s", f.image, info.Digest)
+	if err := info.Digest.Validate(); err != nil {
+		return &Error{Code: CodeInvalid, Msg: what + ": bad digest", Err: err}
+	}
+	blob, _, err := f.src.GetBlob(ctx, info, none.NoCache)
+	if err != nil {
+		return registryError(ctx, what, err)
+	}
+	defer blob.Close()
+	outer := info.Digest.Verifier()
+	var r io.Reader = io.TeeReader(&countReader{r: blob, n: counted}, outer)
+
+	var inner digest.Verifier
+	if strings.HasSuffix(info.MediaType, "+encrypted") {
+		plain, want, err := decryptLayer(ctx, f.fetch, info.Annotations, r)
+		if err != nil {
+			return classify(what, err)
+		}
+		r = plain
+		if want != "" {
+			if want.Validate() != nil {
+				return &Error{Code: CodeInvalid, Msg: what + ": the encrypted layer names a bad plaintext digest"}
+			}
+			inner = want.Verifier()
+			r = io.TeeReader(r, inner)
+		}
+	}
+	tarStream, _, err := compression.AutoDecompress(r)
+	if err != nil {
+		return classify(what+": decompress", err)
+	}
+	defer tarStream.Close()
+	opts := []archive.ApplyOpt{archive.WithFilter(skipDevices)}
+	if overlay {
+		opts = append(opts, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout))
+	}
+	if _, err := archive.Apply(ctx, root, tarStream, opts...); err != nil {
+		return classify(what+": apply", err)
+	}
+	// archive.Apply stops at the tar end marker: read the rest so the
+	// digests (and the cipher's HMAC) cover the whole blob.
+	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+		return classify(what, err)
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return classify(what, err)
+	}
+	if !outer.Verified() {
+		return &Error{Code: CodeInvalid, Msg: what + ": content does not match its digest"}
+	}
+	if inner != nil && !inner.Verified() {
+		return &Error{Code: CodeInvalid, Msg: what + ": decrypted content does not match its digest"}
+	}
+	return nil
+}
+
+// skipDevices leaves device nodes out: a container's /dev comes from the
+// runtime, and a block or char device left elsewhere in a rootfs would
+// hand the container raw access to a guest device.
+func skipDevices(h *tar.Header) (bool, error) {
+	return h.Typeflag != tar.TypeChar && h.Typeflag != tar.TypeBlock, nil
+}
+
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// pubOptsAnnotation carries ocicrypt's public block-cipher options.
+const pubOptsAnnotation = "org.opencontainers.image.enc.pubopts"
+
+// decryptLayer opens an ocicrypt layer whose key the CoCo key provider
+// wrapped; it returns the plaintext stream and its expected digest.
+func decryptLayer(ctx context.Context, fetch Fetcher, ann map[string]string, enc io.Reader) (io.Reader, digest.Digest, error) {
+	b64, ok := ann[AnnotationID]
+	if !ok {
+		var schemes []string
+		for k := range ann {
+			if s, ok := strings.CutPrefix(k, "org.opencontainers.image.enc.keys."); ok {
+				schemes = append(schemes, s)
+			}
+		}
+		return nil, "", &Error{Code: CodeUnsupported, Msg: fmt.Sprintf("encrypted layer has no %s key (it has %v); cdh-proxy unwraps only CoCo key-provider keys", AnnotationID, schemes)}
+	}
+	privJSON, err := unwrapAnnotation(ctx, fetch, b64)
+	if err != nil {
+		return nil, "", err
+	}
+	defer clear(privJSON)
+	var priv blockcipher.PrivateLayerBlockCipherOptions
+	if err := json.Unmarshal(privJSON, &priv); err != nil {
+		return nil, "", &Error{Code: CodeInvalid, Msg: "unwrapped layer options are not ocicrypt's JSON"}
+	}
+	var pub blockcipher.PublicLayerBlockCipherOptions
+	if s := ann[pubOptsAnnotation]; s != "" {
+		raw, err := base64.StdEncoding.DecodeString(s)
+		if err != nil || json.Unmarshal(raw, &pub) != nil {
+			return nil, "", &Error{Code: CodeInvalid, Msg: "layer annotation " + pubOptsAnnotation + " is malformed"}
+		}
+	}
+	h, err := blockcipher.NewLayerBlockCipherHandler()
+	if err != nil {
+		return nil, "", err
+	}
+	plain, _, err := h.Decrypt(enc, blockcipher.LayerBlockCipherOptions{Public: pub, Private: priv})
+	if err != nil {
+		return nil, "", &Error{Code: CodeInvalid, Msg: "layer decryption", Err: err}
+	}
+	return plain, priv.Digest, nil
+}
+
+// layerStore keeps each layer once, unpacked in overlay form, at
+// <dir>/<algorithm>-<hex>. A layer appears there by rename, so a name that
+// exists is a whole, verified layer. Concurrent needs of one layer share
+// one download.
+type layerStore struct {
+	dir string
+	log *slog.Logger
+
+	mu       sync.Mutex
+	inflight map[digest.Digest]*flight
+	wg       sync.WaitGroup
+	closed   bool
+}
+
+type flight struct {
+	done    chan struct{}
+	err     error
+	waiters int
+	cancel  context.CancelFunc
+}
+
+func newLayerStore(dir string, log *slog.Logger) *layerStore {
+	return &layerStore{dir: dir, log: log, inflight: map[digest.Digest]*flight{}}
+}
+
+func (s *layerStore) path(d digest.Digest) string {
+	return filepath.Join(s.dir, d.Algorithm().String()+"-"+d.Encoded())
+}
+
+// ensureAll makes every layer present, at most parallel downloads at once,
+// and returns their directories bottom first.
+func (s *layerStore) ensureAll(ctx context.Context, infos []types.BlobInfo, parallel int, f *fetchLayer, bytes *int64) ([]string, error) {
+	var counted atomic.Int64
+	defer func() { *bytes += counted.Load() }()
+	dirs := make([]string, len(infos))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for i, info := range infos {
+		if err := info.Digest.Validate(); err != nil {
+			return nil, &Error{Code: CodeInvalid, Msg: fmt.Sprintf("%s layer %d: bad digest", f.image, i), Err: err}
+		}
+		dirs[i] = s.path(info.Digest)
+		g.Go(func() error { return s.ensure(gctx, info, f, &counted) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return dirs, nil
+}
+
+// ensure waits until the layer is present. The download runs in a
+// goroutine of the store, not of the caller: a second pull of the same
+// layer joins it, and it is cancelled only when every caller has left.
+func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
+	final := s.path(info.Digest)
+	if _, err := os.Stat(final); err == nil {
+		return nil
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return &Error{Code: CodeUnavailable, Msg: "image pull is shutting down"}
+	}
+	fl, ok := s.inflight[info.Digest]
+	if !ok {
+		wctx, cancel := context.WithCancel(context.Background())
+		fl = &flight{done: make(chan struct{}), cancel: cancel}
+		s.inflight[info.Digest] = fl
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer cancel()
+			err := s.unpack(wctx, info, f, counted)
+			s.mu.Lock()
+			delete(s.inflight, info.Digest)
+			fl.err = err
+			s.mu.Unlock()
+			close(fl.done)
+		}()
+	}
+	fl.waiters++
+	s.mu.Unlock()
+
+	select {
+	case <-fl.done:
+		s.leave(fl)
+		return fl.err
+	case <-ctx.Done():
+		s.leave(fl)
+		return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
+	}
+}
+
+func (s *layerStore) leave(fl *flight) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fl.waiters--
+	if fl.waiters == 0 {
+		fl.cancel()
+	}
+}
+
+// unpack applies one layer into a scratch directory beside its final name
+// and renames it into place once every check passed.
+func (s *layerStore) unpack(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
+	tmp, err := os.MkdirTemp(s.dir, ".tmp-")
+	if err != nil {
+		return classify("image work_dir", err)
+	}
+	if err := f.apply(ctx, info, tmp, true, counted); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp's 0700 would hide / from the container's users
+		os.RemoveAll(tmp)
+		return classify("image work_dir", err)
+	}
+	if err := os.Rename(tmp, s.path(info.Digest)); err != nil {
+		os.RemoveAll(tmp)
+		if _, serr := os.Stat(s.path(info.Digest)); serr == nil {
+			return nil
+		}
+		return classify("image work_dir", err)
+	}
+	return nil
+}
+
+func (s *layerStore) close() {
+	s.mu.Lock()
+	s.closed = true
+	for _, fl := range s.inflight {
+		fl.cancel()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}

@@ -1,0 +1,344 @@
+// Package imagetest builds OCI images and serves them from an in-process
+// registry (go-containerregistry's pkg/registry) for the image-pull tests:
+// layers with chosen tar entries, encrypted layers, GPG simple-signing and
+// cosign signatures, basic auth, TLS and fault injection.
+package imagetest
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Entry is one tar entry of a test layer. Zero Mode means 0644 for files
+// and 0755 for directories.
+type Entry struct {
+	Name     string
+	Type     byte // tar.TypeReg when zero
+	Body     string
+	Size     int64 // for TypeReg with no Body: that many zero bytes
+	Link     string
+	Mode     int64
+	UID, GID int
+	Major    int64
+	Minor    int64
+	Xattrs   map[string]string
+}
+
+// TarGz returns the gzip-compressed tar of entries.
+func TarGz(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.Name, Typeflag: e.Type, Linkname: e.Link, Mode: e.Mode, Uid: e.UID, Gid: e.GID,
+			Devmajor: e.Major, Devminor: e.Minor, ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+			if h.Typeflag == tar.TypeDir {
+				h.Mode = 0o755
+			}
+		}
+		for k, v := range e.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
+		var body io.Reader = strings.NewReader(e.Body)
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.Body))
+			if e.Body == "" && e.Size > 0 {
+				h.Size, body = e.Size, io.LimitReader(zeros{}, e.Size)
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := io.Copy(tw, body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+type zeros struct{}
+
+func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
+
+// Layer is a gzip tar layer.
+func Layer(t testing.TB, entries ...Entry) v1.Layer {
+	return static.NewLayer(TarGz(t, entries...), types.OCILayer)
+}
+
+// Image is an OCI image of layers (bottom first) for this machine's
+// platform.
+func Image(t testing.TB, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	return ImageFor(t, runtime.GOARCH, layers...)
+}
+
+// ImageFor is Image for another architecture.
+func ImageFor(t testing.TB, arch string, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		if img, err = mutate.Append(img, mutate.Addendum{Layer: l}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return img
+}
+
+// Registry is an in-process registry on 127.0.0.1.
+type Registry struct {
+	Server *httptest.Server
+	Host   string // 127.0.0.1:port
+
+	mu       sync.Mutex
+	user     string
+	pass     string
+	blobGets map[string]int
+	corrupt  map[string]bool
+	down     bool
+}
+
+// NewRegistry serves a registry over plain HTTP (tls false) or HTTPS
+// with a certificate for 127.0.0.1 (see CAPEM).
+func NewRegistry(t testing.TB, useTLS bool) *Registry {
+	t.Helper()
+	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}}
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		user, pass, down := r.user, r.pass, r.down
+		r.mu.Unlock()
+		if down {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		if user != "" && req.Header.Get("X-Test-Push") == "" {
+			u, p, ok := req.BasicAuth()
+			if !ok || u != user || p != pass {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+				return
+			}
+		}
+		if i := strings.Index(req.URL.Path, "/blobs/sha256:"); i >= 0 && req.Method == http.MethodGet {
+			d := req.URL.Path[i+len("/blobs/"):]
+			r.mu.Lock()
+			r.blobGets[d]++
+			bad := r.corrupt[d]
+			r.mu.Unlock()
+			if bad {
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, req)
+				b := rec.Body.Bytes()
+				if len(b) > 0 {
+					b[len(b)/2] ^= 0xff
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(b)
+				return
+			}
+		}
+		inner.ServeHTTP(w, req)
+	})
+	if useTLS {
+		r.Server = httptest.NewTLSServer(h)
+	} else {
+		r.Server = httptest.NewServer(h)
+	}
+	t.Cleanup(r.Server.Close)
+	r.Host = strings.TrimPrefix(strings.TrimPrefix(r.Server.URL, "http://"), "https://")
+	return r
+}
+
+// CAPEM is the PEM of the TLS registry's certificate (its own root).
+func (r *Registry) CAPEM() string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Server.Certificate().Raw}))
+}
+
+// RequireAuth makes every request but the tests' pushes need basic auth.
+func (r *Registry) RequireAuth(user, pass string) {
+	r.mu.Lock()
+	r.user, r.pass = user, pass
+	r.mu.Unlock()
+}
+
+// SetDown makes the registry answer 503 to everything.
+func (r *Registry) SetDown(down bool) {
+	r.mu.Lock()
+	r.down = down
+	r.mu.Unlock()
+}
+
+// Corrupt flips a byte in the body of blob d when it is served.
+func (r *Registry) Corrupt(d v1.Hash) {
+	r.mu.Lock()
+	r.corrupt[d.String()] = true
+	r.mu.Unlock()
+}
+
+// BlobGets is how often blob d was downloaded.
+func (r *Registry) BlobGets(d v1.Hash) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.blobGets[d.String()]
+}
+
+type pushTransport struct{ base http.RoundTripper }
+
+func (p pushTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set("X-Test-Push", "1")
+	return p.base.RoundTrip(req)
+}
+
+func (r *Registry) remoteOpts() []remote.Option {
+	return []remote.Option{remote.WithTransport(pushTransport{r.Server.Client().Transport})}
+}
+
+// Push stores img as <host>/<repo> (repo carries the tag) and returns the
+// manifest digest.
+func (r *Registry) Push(t testing.TB, repo string, img v1.Image) v1.Hash {
+	t.Helper()
+	ref, err := name.ParseReference(r.Host+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, r.remoteOpts()...); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// PushIndex stores an index of imgs as <host>/<repo>.
+func (r *Registry) PushIndex(t testing.TB, repo string, imgs map[string]v1.Image) v1.Hash {
+	t.Helper()
+	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for arch, img := range imgs {
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{
+			Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	ref, err := name.ParseReference(r.Host+"/"+repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx, r.remoteOpts()...); err != nil {
+		t.Fatal(err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// CosignKey is an ECDSA P-256 key as cosign generates them.
+type CosignKey struct{ priv *ecdsa.PrivateKey }
+
+// NewCosignKey makes a key.
+func NewCosignKey(t testing.TB) *CosignKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CosignKey{k}
+}
+
+// PublicPEM is the key's public half as cosign.pub holds it.
+func (k *CosignKey) PublicPEM(t testing.TB) []byte {
+	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
+// SignCosign stores a cosign signature of manifest d for identity
+// (host/repo:tag) where cosign puts it: the tag sha256-<hex>.sig.
+func (r *Registry) SignCosign(t testing.TB, k *CosignKey, repo string, identity string, d v1.Hash) {
+	t.Helper()
+	payload, _ := json.Marshal(map[string]any{
+		"critical": map[string]any{
+			"identity": map[string]string{"docker-reference": identity},
+			"image":    map[string]string{"docker-manifest-digest": d.String()},
+			"type":     "cosign container image signature",
+		},
+		"optional": nil,
+	})
+	sum := sha256.Sum256(payload)
+	sig, err := ecdsa.SignASN1(rand.Reader, k.priv, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	img, err = mutate.Append(img, mutate.Addendum{
+		Layer:       static.NewLayer(payload, "application/vnd.dev.cosign.simplesigning.v1+json"),
+		Annotations: map[string]string{"dev.cosignproject.cosign/signature": base64.StdEncoding.EncodeToString(sig)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repoOnly, _, _ := strings.Cut(repo, ":")
+	r.Push(t, fmt.Sprintf("%s:%s-%s.sig", repoOnly, d.Algorithm, d.Hex), img)
+}

@@ -29,8 +29,8 @@ type CDHFile struct {
 		ResourceURI string `toml:"resource_uri"`
 		Path        string `toml:"path"`
 	} `toml:"credentials"`
-	SkipSealedSecretVerification bool           `toml:"skip_sealed_secret_verification"`
-	Image                        Image          `toml:"image"`
+	SkipSealedSecretVerification bool  `toml:"skip_sealed_secret_verification"`
+	Image                        Image `toml:"image"`
 }
 
 // URLList decodes a TOML string as a one-element list and an array of

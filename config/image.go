@@ -104,7 +104,6 @@ func (im Image) withDefaults(name string) (Image, error) {
 	return im, nil
 }
 
-
 // describe is one line for `cdh-proxy config`: where each part comes from,
 // never its content (an inline policy or a proxy URL may carry secrets).
 func (im Image) describe() string {

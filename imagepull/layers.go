@@ -2,6 +2,10 @@ package imagepull
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"errors"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -16,9 +20,9 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containers/ocicrypt/blockcipher"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
-	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/types"
 	"golang.org/x/sync/errgroup"
 )
@@ -45,7 +49,8 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 	}
 	defer blob.Close()
 	outer := info.Digest.Verifier()
-	var r io.Reader = io.TeeReader(&countReader{r: blob, n: counted}, outer)
+	raw := io.TeeReader(&countReader{r: blob, n: counted}, outer)
+	r := raw
 
 	var inner digest.Verifier
 	if strings.HasSuffix(info.MediaType, "+encrypted") {
@@ -62,9 +67,9 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 			r = io.TeeReader(r, inner)
 		}
 	}
-	tarStream, _, err := compression.AutoDecompress(r)
+	tarStream, err := decompress(r)
 	if err != nil {
-		return classify(what+": decompress", err)
+		return &Error{Code: CodeInvalid, Msg: what + ": decompress", Err: err}
 	}
 	defer tarStream.Close()
 	opts := []archive.ApplyOpt{archive.WithFilter(skipDevices)}
@@ -72,14 +77,21 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 		opts = append(opts, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout))
 	}
 	if _, err := archive.Apply(ctx, root, tarStream, opts...); err != nil {
+		// A damaged blob usually breaks the decompressor first; say what
+		// really happened when the digest confirms it.
+		if ctx.Err() == nil && codeOf(classify("", err)) != CodeExhausted {
+			if _, derr := io.Copy(io.Discard, onlyReader{raw}); derr == nil && !outer.Verified() {
+				return &Error{Code: CodeInvalid, Msg: what + ": content does not match its digest"}
+			}
+		}
 		return classify(what+": apply", err)
 	}
 	// archive.Apply stops at the tar end marker: read the rest so the
 	// digests (and the cipher's HMAC) cover the whole blob.
-	if _, err := io.Copy(io.Discard, tarStream); err != nil {
+	if _, err := io.Copy(io.Discard, onlyReader{tarStream}); err != nil {
 		return classify(what, err)
 	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	if _, err := io.Copy(io.Discard, onlyReader{r}); err != nil {
 		return classify(what, err)
 	}
 	if !outer.Verified() {
@@ -89,6 +101,43 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 		return &Error{Code: CodeInvalid, Msg: what + ": decrypted content does not match its digest"}
 	}
 	return nil
+}
+
+func codeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// onlyReader hides WriteTo, so io.Copy drains with plain reads.
+type onlyReader struct{ io.Reader }
+
+// decompress opens a gzip, zstd or plain tar stream, told apart by its
+// magic bytes (media types are not trusted for this). The standard
+// library's gzip reads in the caller's goroutine.
+func decompress(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReader(r)
+	magic, err := br.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, err
+		}
+		return zr, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
+		if err != nil {
+			return nil, err
+		}
+		return zr.IOReadCloser(), nil
+	}
+	return io.NopCloser(br), nil
 }
 
 // skipDevices leaves device nodes out: a container's /dev comes from the

@@ -74,7 +74,6 @@ func bundle(t *testing.T) string {
 	return dir
 }
 
-
 func readFile(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -242,8 +241,13 @@ func TestHostileLayersAreContained(t *testing.T) {
 				imagetest.Entry{Name: "dev/", Type: tar.TypeDir},
 				imagetest.Entry{Name: "dev/sda", Type: tar.TypeBlock, Major: 8, Minor: 0, Mode: 0o666},
 				imagetest.Entry{Name: "mem", Type: tar.TypeChar, Major: 1, Minor: 1, Mode: 0o666},
-				imagetest.Entry{Name: "hl", Type: tar.TypeLink, Link: "../../../../etc/passwd"},
 			)))
+			reg.Push(t, "evil:hardlink", imagetest.Image(t, imagetest.Layer(t,
+				imagetest.Entry{Name: "hl", Type: tar.TypeLink, Link: "../../../../../../.." + outside + "/victim"},
+			)))
+			if err := os.WriteFile(filepath.Join(outside, "victim"), []byte("host file"), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			cfg := testConfig(t)
 			cfg.Registries = insecure(reg.Host)
 			o := Options{}
@@ -252,23 +256,34 @@ func TestHostileLayersAreContained(t *testing.T) {
 			}
 			p := New(cfg, newFakeKBS(nil), o)
 			defer p.Close()
+
 			b := bundle(t)
-			_, err := p.Pull(t.Context(), reg.Host+"/evil:1", b)
+			if _, err := p.Pull(t.Context(), reg.Host+"/evil:1", b); err != nil {
+				t.Fatalf("names that escape are contained, not refused: %v", err)
+			}
 			ents, _ := os.ReadDir(outside)
-			if len(ents) != 0 {
+			if len(ents) != 1 {
 				t.Fatalf("layer wrote outside its root: %v", ents)
 			}
-			if err == nil {
-				// Contained: names landed inside, devices were not made.
-				mustNotExist(t, filepath.Join(b, "rootfs/dev/sda"))
-				mustNotExist(t, filepath.Join(b, "rootfs/mem"))
-				return
+			rootfs := filepath.Join(b, "rootfs")
+			for _, inside := range []string{outside + "/dotdot", outside + "/absolute", outside + "/through"} {
+				if got := readFile(t, filepath.Join(rootfs, inside)); got != "escaped" {
+					t.Errorf("%s inside the rootfs = %q", inside, got)
+				}
 			}
-			// Refused: then nothing is mounted or left half-made.
-			if _, serr := os.Stat(filepath.Join(b, "rootfs/link")); serr == nil {
-				t.Errorf("refused layer left a partial rootfs: %v", err)
+			mustNotExist(t, filepath.Join(rootfs, "dev/sda"))
+			mustNotExist(t, filepath.Join(rootfs, "mem"))
+
+			// A hardlink to a file outside the layer is refused, and
+			// nothing is mounted.
+			b2 := bundle(t)
+			if _, err := p.Pull(t.Context(), reg.Host+"/evil:hardlink", b2); err == nil {
+				t.Fatal("hardlink out of the layer accepted")
 			}
-			t.Logf("refused: %v", err)
+			if got := readFile(t, filepath.Join(outside, "victim")); got != "host file" {
+				t.Errorf("victim changed: %q", got)
+			}
+			mustNotExist(t, filepath.Join(b2, "rootfs/hl"))
 		})
 	}
 }

@@ -1,0 +1,431 @@
+package imagepull
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
+)
+
+func pullOK(t *testing.T, p *Puller, ref string) string {
+	t.Helper()
+	b := bundle(t)
+	if _, err := p.Pull(t.Context(), ref, b); err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+	return filepath.Join(b, "rootfs")
+}
+
+func TestSignaturePolicies(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	img := imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "hello", Body: "signed\n"}))
+	gpgRef, cosignRef, plainRef := reg.Host+"/gpg/app:v1", reg.Host+"/cosign/app:v1", reg.Host+"/plain/app:v1"
+	d := reg.Push(t, "gpg/app:v1", img)
+	reg.Push(t, "cosign/app:v1", img)
+	reg.Push(t, "plain/app:v1", img)
+
+	gpg, otherGPG := imagetest.NewGPGKey(t), imagetest.NewGPGKey(t)
+	store := t.TempDir()
+	gpg.SignLookaside(t, store, "gpg/app", gpgRef, d)
+	cosign, otherCosign := imagetest.NewCosignKey(t), imagetest.NewCosignKey(t)
+	reg.SignCosign(t, cosign, "cosign/app:v1", cosignRef, d)
+
+	policy := fmt.Sprintf(`{
+	  "default": [{"type": "reject"}],
+	  "transports": {"docker": {
+	    "%[1]s/gpg":    [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/gpg"}],
+	    "%[1]s/cosign": [{"type": "sigstoreSigned", "keyPath": "kbs:///default/keys/cosign"}],
+	    "%[1]s/open":   [{"type": "insecureAcceptAnything"}]
+	  }}}`, reg.Host)
+	kbs := newFakeKBS(map[string][]byte{
+		"kbs:///default/security-policy/test": []byte(policy),
+		"kbs:///default/keys/gpg":             gpg.PublicKeyring(t),
+		"kbs:///default/keys/cosign":          cosign.PublicPEM(t),
+		"kbs:///default/sigstore-config/test": []byte("default-docker:\n  sigstore: file://" + store + "\n"),
+	})
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	cfg.PolicyURI = "kbs:///default/security-policy/test"
+	cfg.SigstoreConfigURI = "kbs:///default/sigstore-config/test"
+	p := New(cfg, kbs, Options{})
+	defer p.Close()
+
+	if got := readFile(t, filepath.Join(pullOK(t, p, gpgRef), "hello")); got != "signed\n" {
+		t.Errorf("gpg-signed rootfs: %q", got)
+	}
+	pullOK(t, p, cosignRef)
+
+	denied := func(ref, why string) {
+		t.Helper()
+		b := bundle(t)
+		_, err := p.Pull(t.Context(), ref, b)
+		if codeOf(err) != CodeDenied || !strings.Contains(err.Error(), "rejected by the image security policy") {
+			t.Errorf("%s (%s): %v, want a policy rejection", ref, why, err)
+		}
+		ents, _ := os.ReadDir(b)
+		if len(ents) != 0 {
+			t.Errorf("%s (%s): rejected image left %v in the bundle", ref, why, ents)
+		}
+	}
+	denied(plainRef, "default reject")
+	// The same image under a signed scope but without a signature.
+	reg.Push(t, "gpg/app:unsigned", img)
+	denied(reg.Host+"/gpg/app:unsigned", "no signature for this tag's identity")
+
+	// Keys rotated at the KBS: the old signatures no longer verify.
+	kbs.mu.Lock()
+	kbs.res["kbs:///default/keys/gpg"] = otherGPG.PublicKeyring(t)
+	kbs.res["kbs:///default/keys/cosign"] = otherCosign.PublicPEM(t)
+	kbs.mu.Unlock()
+	denied(gpgRef, "wrong GPG key")
+	denied(cosignRef, "wrong cosign key")
+
+	// A policy key missing at the KBS names the key.
+	kbs.mu.Lock()
+	delete(kbs.res, "kbs:///default/keys/gpg")
+	kbs.mu.Unlock()
+	_, err := p.Pull(t.Context(), gpgRef, bundle(t))
+	if codeOf(err) != CodeFromFetch || !strings.Contains(err.Error(), "kbs:///default/keys/gpg") {
+		t.Errorf("missing policy key: %v", err)
+	}
+}
+
+func TestNoPolicyAcceptsAnything(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "x"})))
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	pullOK(t, p, reg.Host+"/app:v1")
+
+	// An inline policy is read when no URI is given.
+	cfg.Policy = `{"default":[{"type":"reject"}]}`
+	p2 := New(cfg, newFakeKBS(nil), Options{})
+	defer p2.Close()
+	if _, err := p2.Pull(t.Context(), reg.Host+"/app:v1", bundle(t)); codeOf(err) != CodeDenied {
+		t.Errorf("inline reject policy: %v", err)
+	}
+}
+
+func TestEncryptedImage(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	plain := imagetest.TarGz(t, imagetest.Entry{Name: "secret.txt", Body: "decrypted\n"})
+	base := imagetest.Layer(t, imagetest.Entry{Name: "base", Body: "clear\n"})
+	reg.Push(t, "enc:v1", imagetest.Image(t, base, imagetest.EncryptedLayer(t, plain, "kbs:///default/image-key/1", kek)))
+
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	kbs := newFakeKBS(map[string][]byte{"kbs:///default/image-key/1": kek})
+	p := New(cfg, kbs, Options{})
+	defer p.Close()
+	rootfs := pullOK(t, p, reg.Host+"/enc:v1")
+	if got := readFile(t, filepath.Join(rootfs, "secret.txt")); got != "decrypted\n" {
+		t.Errorf("secret.txt = %q", got)
+	}
+
+	// Wrong key: denied, named, nothing mounted, the layer not kept.
+	wrong := make([]byte, 32)
+	rand.Read(wrong)
+	reg2 := imagetest.NewRegistry(t, false)
+	reg2.Push(t, "enc:v1", imagetest.Image(t, base, imagetest.EncryptedLayer(t, plain, "kbs:///default/image-key/2", kek)))
+	cfg2 := testConfig(t)
+	cfg2.Registries = insecure(reg2.Host)
+	kbs2 := newFakeKBS(map[string][]byte{"kbs:///default/image-key/2": wrong})
+	p2 := New(cfg2, kbs2, Options{})
+	defer p2.Close()
+	b := bundle(t)
+	_, err := p2.Pull(t.Context(), reg2.Host+"/enc:v1", b)
+	if codeOf(err) != CodeDenied || !strings.Contains(err.Error(), "kbs:///default/image-key/2") {
+		t.Errorf("wrong key: %v", err)
+	}
+	mustNotExist(t, filepath.Join(b, "rootfs"))
+	if strings.Contains(err.Error(), base64.StdEncoding.EncodeToString(wrong)) {
+		t.Error("the key reached the error")
+	}
+	// Missing key: the KBS's error, naming the kid.
+	delete(kbs2.res, "kbs:///default/image-key/2")
+	_, err = p2.Pull(t.Context(), reg2.Host+"/enc:v1", bundle(t))
+	if codeOf(err) != CodeFromFetch || !strings.Contains(err.Error(), "kbs:///default/image-key/2") {
+		t.Errorf("missing key: %v", err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(cfg2.WorkDir, "layers"))
+	if len(ents) != 1 { // the clear base layer only
+		t.Errorf("work_dir/layers = %d entries, want only the clear layer", len(ents))
+	}
+}
+
+func TestUnwrapKeyProtocol(t *testing.T) {
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	layer := imagetest.EncryptedLayer(t, []byte("payload"), "kbs:///default/k/1", kek)
+	desc, err := layer.(interface {
+		Descriptor() (*v1.Descriptor, error)
+	}).Descriptor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	packet, err := base64.StdEncoding.DecodeString(desc.Annotations[AnnotationID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": packet}})
+	kbs := newFakeKBS(map[string][]byte{"kbs:///default/k/1": kek})
+	out, err := UnwrapKey(t.Context(), kbs, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		KeyUnwrapResults struct {
+			OptsData []byte `json:"optsdata"`
+		} `json:"keyunwrapresults"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatal(err)
+	}
+	var opts struct {
+		SymKey []byte `json:"symkey"`
+	}
+	if err := json.Unmarshal(res.KeyUnwrapResults.OptsData, &opts); err != nil || len(opts.SymKey) != 32 {
+		t.Fatalf("optsdata %q: %v", res.KeyUnwrapResults.OptsData, err)
+	}
+	for name, input := range map[string]string{
+		"not JSON":      "{",
+		"wrong op":      `{"op":"keywrap"}`,
+		"no annotation": `{"op":"keyunwrap","keyunwrapparams":{}}`,
+		"bad packet":    `{"op":"keyunwrap","keyunwrapparams":{"annotation":"` + base64.StdEncoding.EncodeToString([]byte(`{"kid":"http://x"}`)) + `"}}`,
+	} {
+		if _, err := UnwrapKey(t.Context(), kbs, []byte(input)); codeOf(err) != CodeInvalid {
+			t.Errorf("%s: %v, want invalid", name, err)
+		}
+	}
+}
+
+func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "private:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "private\n"})))
+	reg.RequireAuth("alice", "s3cret-pass")
+	auth := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass")))
+
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	_, err := p.Pull(t.Context(), reg.Host+"/private:v1", bundle(t))
+	if codeOf(err) != CodeDenied {
+		t.Fatalf("without credentials: %v, want denied", err)
+	}
+
+	cfg.AuthURI = "kbs:///default/credential/regcred"
+	p2 := New(cfg, newFakeKBS(map[string][]byte{cfg.AuthURI: []byte(auth)}), Options{})
+	defer p2.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/private:v1"), "f")); got != "private\n" {
+		t.Errorf("f = %q", got)
+	}
+
+	// The same from a file:// URI; a wrong password is denied and never echoed.
+	bad := filepath.Join(t.TempDir(), "auth.json")
+	os.WriteFile(bad, []byte(strings.ReplaceAll(auth, base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass")), base64.StdEncoding.EncodeToString([]byte("alice:wrong-pass")))), 0o600)
+	cfg.AuthURI = "file://" + bad
+	p3 := New(cfg, newFakeKBS(nil), Options{})
+	defer p3.Close()
+	_, err = p3.Pull(t.Context(), reg.Host+"/private:v1", bundle(t))
+	if codeOf(err) != CodeDenied || strings.Contains(err.Error(), "wrong-pass") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("wrong password: %v", err)
+	}
+}
+
+func TestRegistryRules(t *testing.T) {
+	primary := imagetest.NewRegistry(t, false)
+	mirror := imagetest.NewRegistry(t, false)
+	img := imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "from the mirror\n"}))
+	mirror.Push(t, "team/app:v1", img)
+	primary.SetDown(true)
+	remap := imagetest.NewRegistry(t, false)
+	remap.Push(t, "internal/app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "remapped\n"})))
+	search := imagetest.NewRegistry(t, false)
+	search.Push(t, "library/busybox:latest", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "short name\n"})))
+
+	cfg := testConfig(t)
+	cfg.Registries = &config.RegistriesConf{
+		UnqualifiedSearchRegistries: []string{primary.Host, search.Host},
+		Registry: []config.Registry{
+			{Location: primary.Host, Insecure: true, Mirror: []config.Mirror{{Location: "127.0.0.1:1", Insecure: true}, {Location: mirror.Host, Insecure: true}}},
+			{Prefix: "example.test/apps", Location: remap.Host + "/internal", Insecure: true},
+			{Location: search.Host, Insecure: true},
+			{Location: "blocked.test", Blocked: true},
+		},
+	}
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p, primary.Host+"/team/app:v1"), "f")); got != "from the mirror\n" {
+		t.Errorf("mirror: %q", got)
+	}
+	if got := readFile(t, filepath.Join(pullOK(t, p, "example.test/apps/app:v1"), "f")); got != "remapped\n" {
+		t.Errorf("prefix remap: %q", got)
+	}
+	if got := readFile(t, filepath.Join(pullOK(t, p, "library/busybox"), "f")); got != "short name\n" {
+		t.Errorf("short name: %q", got)
+	}
+	_, err := p.Pull(t.Context(), "blocked.test/app:v1", bundle(t))
+	if codeOf(err) != CodeDenied || !strings.Contains(err.Error(), "blocked") {
+		t.Errorf("blocked: %v", err)
+	}
+	_, err = p.Pull(t.Context(), search.Host+"/nope:v1", bundle(t))
+	if codeOf(err) != CodeNotFound {
+		t.Errorf("missing image: %v (code %d), want not found", err, codeOf(err))
+	}
+	_, err = p.Pull(t.Context(), "UPPER/Case:bad", bundle(t))
+	if codeOf(err) != CodeInvalid {
+		t.Errorf("bad reference: %v", err)
+	}
+}
+
+func TestRegistryConfigFromURI(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "x"})))
+	conf := fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)
+	cfg := testConfig(t)
+	cfg.RegistriesURI = "kbs:///default/registry-configuration/test"
+	p := New(cfg, newFakeKBS(map[string][]byte{cfg.RegistriesURI: []byte(conf)}), Options{})
+	defer p.Close()
+	pullOK(t, p, reg.Host+"/app:v1")
+}
+
+func TestTLSRegistryWithExtraRoot(t *testing.T) {
+	reg := imagetest.NewRegistry(t, true)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "tls\n"})))
+	cfg := testConfig(t)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	if _, err := p.Pull(t.Context(), reg.Host+"/app:v1", bundle(t)); err == nil || codeOf(err) != CodeUnavailable {
+		t.Fatalf("untrusted certificate: %v, want unavailable", err)
+	}
+	cfg.ExtraRootCertificates = []string{reg.CAPEM()}
+	p2 := New(cfg, newFakeKBS(nil), Options{})
+	defer p2.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/app:v1"), "f")); got != "tls\n" {
+		t.Errorf("f = %q", got)
+	}
+}
+
+func TestPullProxy(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "proxied\n"})))
+	// registry.test resolves nowhere: only the proxy knows it, so a pull
+	// that works went through the proxy.
+	var via atomic.Int64
+	target, _ := url.Parse("http://" + reg.Host)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Hostname() != "registry.test" {
+			http.Error(w, "unknown host", http.StatusBadGateway)
+			return
+		}
+		via.Add(1)
+		out, _ := http.NewRequestWithContext(r.Context(), r.Method, target.String()+r.URL.RequestURI(), r.Body)
+		out.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer proxy.Close()
+	_, port, _ := net.SplitHostPort(reg.Host)
+	host := "registry.test:" + port
+	cfg := testConfig(t)
+	cfg.Registries = insecure(host)
+	cfg.Proxy = &config.ImageProxy{HTTPProxy: proxy.URL, HTTPSProxy: proxy.URL, NoProxy: "other.test"}
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p, host+"/app:v1"), "f")); got != "proxied\n" {
+		t.Errorf("f = %q", got)
+	}
+	if via.Load() == 0 {
+		t.Error("nothing went through the proxy")
+	}
+}
+
+func TestMultiArchIndex(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	other := "arm64"
+	if runtime.GOARCH == "arm64" {
+		other = "amd64"
+	}
+	d := reg.PushIndex(t, "multi:v1", map[string]v1.Image{
+		runtime.GOARCH: imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "arch", Body: "mine\n"})),
+		other:          imagetest.ImageFor(t, other, imagetest.Layer(t, imagetest.Entry{Name: "arch", Body: "other\n"})),
+	})
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	b := bundle(t)
+	got, err := p.Pull(t.Context(), reg.Host+"/multi:v1", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != d.String() {
+		t.Errorf("digest %s, want the index's %s", got, d)
+	}
+	if s := readFile(t, filepath.Join(b, "rootfs/arch")); s != "mine\n" {
+		t.Errorf("arch = %q, want this platform's image", s)
+	}
+}
+
+func TestConcurrentPullsShareDownloads(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	img := imagetest.Image(t,
+		imagetest.Layer(t, imagetest.Entry{Name: "a", Body: strings.Repeat("a", 1<<20)}),
+		imagetest.Layer(t, imagetest.Entry{Name: "b", Body: strings.Repeat("b", 1<<20)}))
+	reg.Push(t, "app:v1", img)
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		b := bundle(t)
+		go func() {
+			_, err := p.Pull(t.Context(), reg.Host+"/app:v1", b)
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ls, _ := img.Layers()
+	for _, l := range ls {
+		d, _ := l.Digest()
+		if got := reg.BlobGets(d); got != 1 {
+			t.Errorf("layer %s downloaded %d times by %d concurrent pulls, want once", d, got, n)
+		}
+	}
+}

@@ -4,6 +4,10 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PKGS    := ./...
+# containers/image verifies GPG signatures in pure Go only with this tag
+# (without it, it wants cgo and libgpgme). Every go command needs it; plain
+# `go test ./...` outside make: export GOFLAGS=-tags=containers_image_openpgp.
+export GOFLAGS := -tags=containers_image_openpgp
 # Native fuzz targets run by fuzz-short, FUZZTIME each (default 30s; CI
 # uses the default: 11 targets, ~6 minutes). FUZZTIME=5m make fuzz-short for
 # longer runs. scripts/fuzz.sh explains its one retry.

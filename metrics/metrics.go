@@ -32,6 +32,8 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	resourceOK prometheus.Counter // pre-resolved: the warm path only adds
 	kbs        *prometheus.HistogramVec
+	pulls      *prometheus.HistogramVec
+	pullBytes  prometheus.Counter
 }
 
 // New builds the registry.
@@ -46,11 +48,18 @@ func New(src StatsSource) (*Metrics, error) {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"step"}),
 	}
+	m.pulls = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "cdh_proxy_image_pull_seconds", Help: "Guest image pulls (PullImage) by result, and their time.",
+		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200},
+	}, []string{"result"})
+	m.pullBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cdh_proxy_image_pull_bytes_total", Help: "Layer bytes downloaded by guest image pulls (layers already stored cost none).",
+	})
 	m.resourceOK = m.requests.WithLabelValues("resource", "200")
 	for _, c := range []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&statsCollector{src: src}, m.requests, m.kbs,
+		&statsCollector{src: src}, m.requests, m.kbs, m.pulls, m.pullBytes,
 	} {
 		if err := m.reg.Register(c); err != nil {
 			return nil, err
@@ -65,6 +74,13 @@ func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, pro
 // ObserveKBS is a kbsclient Trace function.
 func (m *Metrics) ObserveKBS(step string, d time.Duration) {
 	m.kbs.WithLabelValues(step).Observe(d.Seconds())
+}
+
+// ObserveImagePull records one PullImage (imagepull.Observer); the
+// histogram's _count by result is the pull counter.
+func (m *Metrics) ObserveImagePull(result string, bytes int64, d time.Duration) {
+	m.pulls.WithLabelValues(result).Observe(d.Seconds())
+	m.pullBytes.Add(float64(bytes))
 }
 
 // Count records one answered request; nil-safe so handlers need no checks.

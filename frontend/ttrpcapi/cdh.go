@@ -1,7 +1,8 @@
 // Package ttrpcapi is the ttrpc front end kata-agent calls: the Confidential
-// Data Hub services (GetResource, UnsealSecret; image pull, secure mount
-// and the key provider answer Unimplemented) and the Attestation Agent
-// service, served on unix sockets. Statuses come from core.Classify.
+// Data Hub services (GetResource, UnsealSecret, PullImage and the key
+// provider's UnWrapKey; SecureMount answers Unimplemented) and the
+// Attestation Agent service, served on unix sockets. Statuses come from
+// core.Classify and, for image pull, from imagepull's error codes.
 package ttrpcapi
 
 import (
@@ -29,16 +30,23 @@ type Secrets interface {
 	Unseal(ctx context.Context, input string) ([]byte, error)
 }
 
+// Images is what PullImage and UnWrapKey call (imagepull.Puller).
+type Images interface {
+	Pull(ctx context.Context, imageURL, bundlePath string) (string, error)
+	UnwrapKey(ctx context.Context, input []byte) ([]byte, error)
+}
+
 // CDHConfig configures the Confidential Data Hub ttrpc services.
 type CDHConfig struct {
 	Secrets Secrets       // required: the same cache and token as HTTP
-	Budget  time.Duration // per call; zero → DefaultBudget
+	Images  Images        // nil: PullImage and the key provider answer Unimplemented
+	Budget  time.Duration // per call but PullImage; zero → DefaultBudget
 	Logger  *slog.Logger
 }
 
-// RegisterCDH registers GetResource, UnsealSecret and the services cdh-proxy
-// does not implement (image pull, secure mount, key provider), which answer
-// Unimplemented at once rather than hang a container start.
+// RegisterCDH registers GetResource, UnsealSecret, PullImage, the key
+// provider, and SecureMount, which cdh-proxy does not implement and which
+// answers Unimplemented at once rather than hang a container start.
 func RegisterCDH(srv *ttrpc.Server, cfg CDHConfig) error {
 	if cfg.Secrets == nil {
 		return errors.New("ttrpcapi: CDH Secrets is required")
@@ -53,8 +61,14 @@ func RegisterCDH(srv *ttrpc.Server, cfg CDHConfig) error {
 	cdh.RegisterGetResourceServiceService(srv, s)
 	cdh.RegisterSealedSecretServiceService(srv, s)
 	cdh.RegisterSecureMountServiceService(srv, unimplemented{})
-	cdh.RegisterImagePullServiceService(srv, unimplemented{})
-	keyprovider.RegisterKeyProviderServiceService(srv, unimplemented{})
+	if cfg.Images != nil {
+		im := &imageService{images: cfg.Images, budget: cfg.Budget, log: s.log}
+		cdh.RegisterImagePullServiceService(srv, im)
+		keyprovider.RegisterKeyProviderServiceService(srv, im)
+	} else {
+		cdh.RegisterImagePullServiceService(srv, unimplemented{})
+		keyprovider.RegisterKeyProviderServiceService(srv, unimplemented{})
+	}
 	return nil
 }
 

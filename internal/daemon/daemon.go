@@ -24,6 +24,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/credentials"
 	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
 	"github.com/cdh-proxy/cdh-proxy/frontend/ttrpcapi"
+	"github.com/cdh-proxy/cdh-proxy/imagepull"
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
@@ -165,8 +166,12 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		d.tasks = append(d.tasks, Task{"metrics", func(ctx context.Context) error { return httpapi.Serve(ctx, mln, mux, cfg.Budget, DrainTimeout) }})
 	}
 	if parts.CDH {
+		// Guest image pull: nothing is touched until the first PullImage,
+		// so the resource path starts and runs as without it.
+		images := imagepull.New(cfg.Image, secrets, imagepull.Options{Logger: log, Observer: m})
+		d.closers = append(d.closers, images.Close)
 		if err := d.socket("cdh", cfg.CDHSocket, kbsList, att.Tee(), func(s *ttrpc.Server) error {
-			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Budget: cfg.Budget, Logger: log})
+			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log})
 		}); err != nil {
 			return nil, err
 		}

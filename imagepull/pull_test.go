@@ -330,3 +330,92 @@ func TestFullDiskIsResourceExhausted(t *testing.T) {
 		t.Errorf("partial layer left in work_dir: %v", ents)
 	}
 }
+
+// An interrupted pull (kata's deadline, a cancelled call) stops the
+// download, leaves no scratch layer and mounts nothing; the next pull of
+// the image works.
+func TestCancelledPullLeavesNothing(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	layer := imagetest.Layer(t, imagetest.Entry{Name: "big", Body: strings.Repeat("z", 1<<20)})
+	reg.Push(t, "app:v1", imagetest.Image(t, layer))
+	d, _ := layer.Digest()
+	hung := reg.Stall(d)
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	b := bundle(t)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Pull(ctx, reg.Host+"/app:v1", b)
+		errc <- err
+	}()
+	<-hung // the download is under way
+	cancel()
+	if err := <-errc; codeOf(err) != CodeDeadline {
+		t.Fatalf("cancelled pull: %v, want CodeDeadline", err)
+	}
+	p.layers.close() // waits for the download goroutine to end
+	ents, _ := os.ReadDir(filepath.Join(cfg.WorkDir, "layers"))
+	if len(ents) != 0 {
+		t.Errorf("interrupted pull left %v in work_dir/layers", ents)
+	}
+	mustNotExist(t, filepath.Join(b, "rootfs/big"))
+
+	p2 := New(cfg, newFakeKBS(nil), Options{})
+	defer p2.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/app:v1"), "big")); len(got) != 1<<20 {
+		t.Errorf("pull after the interrupted one: %d bytes", len(got))
+	}
+}
+
+// A daemon killed mid-pull leaves scratch directories; the first pull of
+// the next run removes them, and never uses them.
+func TestLeftoversOfAKilledPullAreRemoved(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "x"})))
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	for _, d := range []string{"layers/.tmp-123", "conf/.tmp-456", "tmp/probe-789"} {
+		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d, "half"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	pullOK(t, p, reg.Host+"/app:v1")
+	for _, d := range []string{"layers/.tmp-123", "conf/.tmp-456", "tmp/probe-789"} {
+		mustNotExist(t, filepath.Join(cfg.WorkDir, d))
+	}
+}
+
+// By digest, as kata passes pinned images.
+func TestPullByDigest(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	d := reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "pinned"})))
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	p := New(cfg, newFakeKBS(nil), Options{})
+	defer p.Close()
+	if got := readFile(t, filepath.Join(pullOK(t, p, reg.Host+"/app@"+d.String()), "f")); got != "pinned" {
+		t.Errorf("f = %q", got)
+	}
+	_, err := p.Pull(t.Context(), reg.Host+"/app@sha256:"+strings.Repeat("0", 64), bundle(t))
+	if codeOf(err) != CodeNotFound {
+		t.Errorf("unknown digest: %v", err)
+	}
+}
+
+func TestBadBundlePaths(t *testing.T) {
+	p := New(testConfig(t), newFakeKBS(nil), Options{})
+	defer p.Close()
+	full := t.TempDir()
+	os.MkdirAll(filepath.Join(full, "rootfs", "x"), 0o755)
+	for _, b := range []string{"", "relative/path", "/a/../b", "/no/such/dir", "/tmp/a,b", full} {
+		if _, err := p.Pull(t.Context(), "r.test/app:v1", b); codeOf(err) != CodeInvalid {
+			t.Errorf("bundle %q: %v, want invalid", b, err)
+		}
+	}
+}

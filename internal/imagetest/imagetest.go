@@ -22,9 +22,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -36,6 +36,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
+
+// TB is the part of testing.TB the helpers use, so that the benchmark
+// program (not a test) can build and serve images too.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
 
 // Entry is one tar entry of a test layer. Zero Mode means 0644 for files
 // and 0755 for directories.
@@ -53,7 +61,7 @@ type Entry struct {
 }
 
 // TarGz returns the gzip-compressed tar of entries.
-func TarGz(t testing.TB, entries ...Entry) []byte {
+func TarGz(t TB, entries ...Entry) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
@@ -106,19 +114,19 @@ type zeros struct{}
 func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
 
 // Layer is a gzip tar layer.
-func Layer(t testing.TB, entries ...Entry) v1.Layer {
+func Layer(t TB, entries ...Entry) v1.Layer {
 	return static.NewLayer(TarGz(t, entries...), types.OCILayer)
 }
 
 // Image is an OCI image of layers (bottom first) for this machine's
 // platform.
-func Image(t testing.TB, layers ...v1.Layer) v1.Image {
+func Image(t TB, layers ...v1.Layer) v1.Image {
 	t.Helper()
 	return ImageFor(t, runtime.GOARCH, layers...)
 }
 
 // ImageFor is Image for another architecture.
-func ImageFor(t testing.TB, arch string, layers ...v1.Layer) v1.Image {
+func ImageFor(t TB, arch string, layers ...v1.Layer) v1.Image {
 	t.Helper()
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
@@ -149,14 +157,15 @@ type Registry struct {
 	pass     string
 	blobGets map[string]int
 	corrupt  map[string]bool
+	stall    map[string]chan struct{}
 	down     bool
 }
 
 // NewRegistry serves a registry over plain HTTP (tls false) or HTTPS
 // with a certificate for 127.0.0.1 (see CAPEM).
-func NewRegistry(t testing.TB, useTLS bool) *Registry {
+func NewRegistry(t TB, useTLS bool) *Registry {
 	t.Helper()
-	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}}
+	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, stall: map[string]chan struct{}{}}
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
@@ -179,7 +188,22 @@ func NewRegistry(t testing.TB, useTLS bool) *Registry {
 			r.mu.Lock()
 			r.blobGets[d]++
 			bad := r.corrupt[d]
+			stalled := r.stall[d]
+			delete(r.stall, d)
 			r.mu.Unlock()
+			if stalled != nil {
+				// Half the blob, then nothing until the client goes away.
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, req)
+				b := rec.Body.Bytes()
+				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+				w.WriteHeader(rec.Code)
+				w.Write(b[:len(b)/2])
+				w.(http.Flusher).Flush()
+				close(stalled)
+				<-req.Context().Done()
+				return
+			}
 			if bad {
 				rec := httptest.NewRecorder()
 				inner.ServeHTTP(rec, req)
@@ -233,6 +257,16 @@ func (r *Registry) Corrupt(d v1.Hash) {
 	r.mu.Unlock()
 }
 
+// Stall makes the next download of blob d send half the blob and then
+// hang until the client gives up; the channel closes when it hangs.
+func (r *Registry) Stall(d v1.Hash) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ch := make(chan struct{})
+	r.stall[d.String()] = ch
+	return ch
+}
+
 // BlobGets is how often blob d was downloaded.
 func (r *Registry) BlobGets(d v1.Hash) int {
 	r.mu.Lock()
@@ -254,7 +288,7 @@ func (r *Registry) remoteOpts() []remote.Option {
 
 // Push stores img as <host>/<repo> (repo carries the tag) and returns the
 // manifest digest.
-func (r *Registry) Push(t testing.TB, repo string, img v1.Image) v1.Hash {
+func (r *Registry) Push(t TB, repo string, img v1.Image) v1.Hash {
 	t.Helper()
 	ref, err := name.ParseReference(r.Host+"/"+repo, name.Insecure)
 	if err != nil {
@@ -271,7 +305,7 @@ func (r *Registry) Push(t testing.TB, repo string, img v1.Image) v1.Hash {
 }
 
 // PushIndex stores an index of imgs as <host>/<repo>.
-func (r *Registry) PushIndex(t testing.TB, repo string, imgs map[string]v1.Image) v1.Hash {
+func (r *Registry) PushIndex(t TB, repo string, imgs map[string]v1.Image) v1.Hash {
 	t.Helper()
 	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for arch, img := range imgs {
@@ -296,7 +330,7 @@ func (r *Registry) PushIndex(t testing.TB, repo string, imgs map[string]v1.Image
 type CosignKey struct{ priv *ecdsa.PrivateKey }
 
 // NewCosignKey makes a key.
-func NewCosignKey(t testing.TB) *CosignKey {
+func NewCosignKey(t TB) *CosignKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -305,7 +339,7 @@ func NewCosignKey(t testing.TB) *CosignKey {
 }
 
 // PublicPEM is the key's public half as cosign.pub holds it.
-func (k *CosignKey) PublicPEM(t testing.TB) []byte {
+func (k *CosignKey) PublicPEM(t TB) []byte {
 	der, err := x509.MarshalPKIXPublicKey(&k.priv.PublicKey)
 	if err != nil {
 		t.Fatal(err)
@@ -315,7 +349,7 @@ func (k *CosignKey) PublicPEM(t testing.TB) []byte {
 
 // SignCosign stores a cosign signature of manifest d for identity
 // (host/repo:tag) where cosign puts it: the tag sha256-<hex>.sig.
-func (r *Registry) SignCosign(t testing.TB, k *CosignKey, repo string, identity string, d v1.Hash) {
+func (r *Registry) SignCosign(t TB, k *CosignKey, repo string, identity string, d v1.Hash) {
 	t.Helper()
 	payload, _ := json.Marshal(map[string]any{
 		"critical": map[string]any{

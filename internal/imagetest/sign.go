@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"testing"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/containers/ocicrypt/blockcipher"
@@ -24,7 +23,7 @@ import (
 type GPGKey struct{ e *openpgp.Entity }
 
 // NewGPGKey makes a key.
-func NewGPGKey(t testing.TB) *GPGKey {
+func NewGPGKey(t TB) *GPGKey {
 	e, err := openpgp.NewEntity("cdh-proxy test", "", "test@cdh-proxy.invalid", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +32,7 @@ func NewGPGKey(t testing.TB) *GPGKey {
 }
 
 // PublicKeyring is the binary public keyring a policy's keyPath points at.
-func (k *GPGKey) PublicKeyring(t testing.TB) []byte {
+func (k *GPGKey) PublicKeyring(t TB) []byte {
 	var b bytes.Buffer
 	if err := k.e.Serialize(&b); err != nil {
 		t.Fatal(err)
@@ -44,7 +43,7 @@ func (k *GPGKey) PublicKeyring(t testing.TB) []byte {
 // SignLookaside writes a simple-signing signature of manifest d for
 // identity (host/repo:tag) into a lookaside store directory as skopeo
 // lays it out: <store>/<repo path>@sha256=<hex>/signature-1.
-func (k *GPGKey) SignLookaside(t testing.TB, store, repoPath, identity string, d v1.Hash) {
+func (k *GPGKey) SignLookaside(t TB, store, repoPath, identity string, d v1.Hash) {
 	t.Helper()
 	payload, _ := json.Marshal(map[string]any{
 		"critical": map[string]any{
@@ -77,7 +76,7 @@ func (k *GPGKey) SignLookaside(t testing.TB, store, repoPath, identity string, d
 // EncryptedLayer encrypts a gzip tar layer with ocicrypt's block cipher
 // and wraps its options with kek for the CoCo key provider, as
 // coco-keyprovider does: the packet names kid.
-func EncryptedLayer(t testing.TB, plain []byte, kid string, kek []byte) v1.Layer {
+func EncryptedLayer(t TB, plain []byte, kid string, kek []byte) v1.Layer {
 	t.Helper()
 	h, err := blockcipher.NewLayerBlockCipherHandler()
 	if err != nil {

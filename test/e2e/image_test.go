@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -134,13 +135,31 @@ insecure = true
 	}
 
 	// The key provider answers ocicrypt's protocol with the same keys.
-	packet := map[string]string{"kid": "kbs:///default/image-key/app"}
-	pj, _ := json.Marshal(packet)
-	in, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": pj}})
+	desc, err := secret.(interface {
+		Descriptor() (*v1.Descriptor, error)
+	}).Descriptor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	packet, _ := base64.StdEncoding.DecodeString(desc.Annotations["org.opencontainers.image.enc.keys.provider.attestation-agent"])
+	in, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": packet}})
 	ctx, cancel := kc.ctx()
 	defer cancel()
-	_, err = keyprovider.NewKeyProviderServiceClient(kc.conn).UnWrapKey(ctx, &keyprovider.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: in})
-	if status.Code(err) != codes.InvalidArgument {
+	kp := keyprovider.NewKeyProviderServiceClient(kc.conn)
+	out, err := kp.UnWrapKey(ctx, &keyprovider.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: in})
+	if err != nil {
+		t.Fatalf("UnWrapKey: %v", err)
+	}
+	var res struct {
+		KeyUnwrapResults struct {
+			OptsData []byte `json:"optsdata"`
+		} `json:"keyunwrapresults"`
+	}
+	if err := json.Unmarshal(out.GetKeyProviderKeyWrapProtocolOutput(), &res); err != nil || !strings.Contains(string(res.KeyUnwrapResults.OptsData), `"symkey"`) {
+		t.Fatalf("UnWrapKey output: %v", err)
+	}
+	bad, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": []byte(`{"kid":"kbs:///default/image-key/app"}`)}})
+	if _, err := kp.UnWrapKey(ctx, &keyprovider.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: bad}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("UnWrapKey without wrapped_data: %v", err)
 	}
 

@@ -51,12 +51,14 @@ func TestSignaturePolicies(t *testing.T) {
 	  "transports": {"docker": {
 	    "%[1]s/gpg":    [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/gpg"}],
 	    "%[1]s/cosign": [{"type": "sigstoreSigned", "keyPath": "kbs:///default/keys/cosign"}],
+	    "%[1]s/repo-signed": [{"type": "sigstoreSigned", "keyPath": "kbs:///default/keys/cosign-repo"}],
 	    "%[1]s/open":   [{"type": "insecureAcceptAnything"}]
 	  }}}`, reg.Host)
 	kbs := newFakeKBS(map[string][]byte{
 		"kbs:///default/security-policy/test": []byte(policy),
 		"kbs:///default/keys/gpg":             gpg.PublicKeyring(t),
 		"kbs:///default/keys/cosign":          cosign.PublicPEM(t),
+		"kbs:///default/keys/cosign-repo":     cosign.PublicPEM(t),
 		"kbs:///default/sigstore-config/test": []byte("default-docker:\n  sigstore: file://" + store + "\n"),
 	})
 	cfg := testConfig(t)
@@ -84,6 +86,19 @@ func TestSignaturePolicies(t *testing.T) {
 		}
 	}
 	denied(plainRef, "default reject")
+
+	// cosign itself signs the repository, not the tag: such a signature
+	// needs signedIdentity matchRepository, as containers-policy.json(5)
+	// and image-rs's cosign docs say.
+	reg.Push(t, "repo-signed/app:v1", img)
+	reg.SignCosign(t, cosign, "repo-signed/app:v1", reg.Host+"/repo-signed/app", d)
+	denied(reg.Host+"/repo-signed/app:v1", "repository identity under the default matchRepoDigestOrExact")
+	denied(reg.Host+"/repo-signed/app@"+d.String(), "repository identity, even by digest")
+	kbs.mu.Lock()
+	kbs.res["kbs:///default/security-policy/test"] = []byte(strings.Replace(policy, `"keyPath": "kbs:///default/keys/cosign-repo"}`,
+		`"keyPath": "kbs:///default/keys/cosign-repo", "signedIdentity": {"type": "matchRepository"}}`, 1))
+	kbs.mu.Unlock()
+	pullOK(t, p, reg.Host+"/repo-signed/app:v1")
 	// The same image under a signed scope but without a signature.
 	reg.Push(t, "gpg/app:unsigned", img)
 	denied(reg.Host+"/gpg/app:unsigned", "no signature for this tag's identity")

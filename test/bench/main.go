@@ -30,6 +30,7 @@ import (
 
 type bench struct {
 	short    bool
+	only     string
 	proxyBin string
 	baseBin  string
 	useWrk   bool
@@ -58,6 +59,7 @@ func main() {
 	flag.StringVar(&b.baseBin, "baseline", "bin/baseline", "baseline server binary")
 	out := flag.String("out", "", "write the Markdown report here (default stdout)")
 	noWrk := flag.Bool("no-wrk", false, "use the in-repo Go load generator even if wrk is installed")
+	flag.StringVar(&b.only, "only", "", "run only these parts, comma-separated (p1,p2,p3,p5,p6,go); the goals table needs all")
 	flag.Parse()
 	_, err := exec.LookPath("wrk")
 	b.useWrk = err == nil && !*noWrk
@@ -81,12 +83,19 @@ func (b *bench) run() error {
 	b.header()
 	b.minRatio = 99
 	b.overhead = map[kbsclient.KeyAlgorithm]time.Duration{}
-	for _, part := range []func() error{b.p1, b.p2, b.p3, b.p5, b.goBenchmarks} {
-		if err := part(); err != nil {
+	parts := []struct {
+		name string
+		run  func() error
+	}{{"p1", b.p1}, {"p2", b.p2}, {"p3", b.p3}, {"p5", b.p5}, {"p6", b.p6}, {"go", b.goBenchmarks}}
+	for _, part := range parts {
+		if b.only != "" && !slices.Contains(strings.Split(b.only, ","), part.name) {
+			continue
+		}
+		if err := part.run(); err != nil {
 			return err
 		}
 	}
-	if !b.short { // short runs measure too little for the goals to mean anything
+	if !b.short && b.only == "" { // short runs measure too little for the goals to mean anything
 		b.goals()
 	}
 	return nil

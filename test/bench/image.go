@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/cdh-proxy/cdh-proxy/api/cdh"
+	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+// benchTB lets imagetest run outside a test: Fatal panics (p6 recovers
+// it into an error), Cleanup runs when p6 returns.
+type benchTB struct{ cleanups []func() }
+
+func (*benchTB) Helper()            {}
+func (*benchTB) Fatal(args ...any)  { panic(benchFatal(fmt.Sprint(args...))) }
+func (t *benchTB) Cleanup(f func()) { t.cleanups = append(t.cleanups, f) }
+func (t *benchTB) close() {
+	for i := len(t.cleanups) - 1; i >= 0; i-- {
+		t.cleanups[i]()
+	}
+}
+
+type benchFatal string
+
+// p6 pulls a 5-layer image of incompressible data (~100 MB on the wire)
+// from an in-process registry through the real binary's PullImage, twice:
+// the second pull finds every layer stored.
+func (b *bench) p6() (err error) {
+	tb := &benchTB{}
+	defer tb.close()
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(benchFatal)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("P6: %s", f)
+		}
+	}()
+	layerBytes := 20 << 20
+	if b.short {
+		layerBytes = 256 << 10
+	}
+	var layers []v1.Layer
+	for i := range 5 {
+		buf := make([]byte, layerBytes)
+		rand.Read(buf)
+		layers = append(layers, imagetest.Layer(tb, imagetest.Entry{Name: fmt.Sprintf("layer%d/blob", i), Body: string(buf)}))
+	}
+	var wire int64
+	for _, l := range layers {
+		s, _ := l.Size()
+		wire += s
+	}
+	reg := imagetest.NewRegistry(tb, false)
+	reg.Push(tb, "bench/app:v1", imagetest.Image(tb, layers...))
+
+	_, ts, err := kbsServer(func(kbs.TreeStore) error { return nil })
+	if err != nil {
+		return err
+	}
+	defer ts.Close()
+	dir, err := os.MkdirTemp("", "bench-pull")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "cdh.sock")
+	toml := filepath.Join(dir, "cdh.toml")
+	if err := os.WriteFile(toml, fmt.Appendf(nil, "[kbc]\nurl = %q\n[image]\nwork_dir = %q\n[[image.registry_config.registry]]\nlocation = %q\ninsecure = true\n",
+		ts.URL, filepath.Join(dir, "work"), reg.Host), 0o600); err != nil {
+		return err
+	}
+	p, err := b.startProxy(ts.URL, "-c", toml, "--cdh-socket", "unix://"+sock)
+	if err != nil {
+		return err
+	}
+	defer p.Stop(10 * time.Second)
+	rssBefore := hwm(p.Cmd.Process.Pid)
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		return err
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+
+	pull := func() (time.Duration, error) {
+		bundle, err := os.MkdirTemp(dir, "bundle")
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Unmount(filepath.Join(bundle, "rootfs"), unix.MNT_DETACH)
+		ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err = cdh.NewImagePullServiceClient(c).PullImage(ctx, &cdh.ImagePullRequest{ImageUrl: reg.Host + "/bench/app:v1", BundlePath: bundle})
+		return time.Since(start), err
+	}
+	first, err := pull()
+	if err != nil {
+		return fmt.Errorf("P6 first pull: %w", err)
+	}
+	peakFirst := hwm(p.Cmd.Process.Pid)
+	second, err := pull()
+	if err != nil {
+		return fmt.Errorf("P6 second pull: %w", err)
+	}
+	peakSecond := hwm(p.Cmd.Process.Pid)
+	gets := 0
+	for _, l := range layers {
+		d, _ := l.Digest()
+		gets += reg.BlobGets(d)
+	}
+	b.printf("## P6 — guest image pull\n\n")
+	b.printf("PullImage over the CDH socket of `%s` (ttrpc, as kata-agent calls it) for a 5-layer image of incompressible data, %.1f MB on the wire, from an in-process registry (go-containerregistry's `pkg/registry`, plain HTTP on loopback, in the benchmark process); overlay rootfs.\n\n", b.proxyBin, float64(wire)/1e6)
+	b.printf("| pull | time | peak RSS of cdh-proxy (VmHWM) | layer downloads |\n|---|---|---|---|\n")
+	b.printf("| before any pull | | %.1f MiB | |\n", rssBefore)
+	b.printf("| first (5 layers fetched, verified, unpacked) | %s | %.1f MiB | %d |\n", secs(first), peakFirst, gets)
+	b.printf("| second, same image (every layer stored: de-duplicated) | %s | %.1f MiB | %d more |\n\n", secs(second), peakSecond, 0)
+	after := 0
+	for _, l := range layers {
+		d, _ := l.Digest()
+		after += reg.BlobGets(d)
+	}
+	if after != gets {
+		return fmt.Errorf("P6: the second pull downloaded %d layers, want none", after-gets)
+	}
+	return nil
+}
+
+func secs(d time.Duration) string {
+	if d < time.Second {
+		return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + " ms"
+	}
+	return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + " s"
+}
+
+// hwm is a process's peak resident set (VmHWM) in MiB.
+func hwm(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}

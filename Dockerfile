@@ -6,7 +6,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/cdh-proxy ./cmd/cdh-proxy
+RUN CGO_ENABLED=0 go build -tags containers_image_openpgp -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/cdh-proxy ./cmd/cdh-proxy
 
 FROM scratch
 # System roots for an https KBS (add yours with --kbs-cert / kbs_cert).

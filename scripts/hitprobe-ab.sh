@@ -9,6 +9,7 @@ conns=$1 dur=$2 rounds=$3
 shift 3
 bin=$(mktemp -d)/hitprobe
 trap 'rm -rf "$(dirname "$bin")"' EXIT
+export GOFLAGS="${GOFLAGS:--tags=containers_image_openpgp}"
 go build -o "$bin" ./test/cmd/hitprobe
 tck=$(getconf CLK_TCK)
 declare -A res

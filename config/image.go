@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"strings"
+
+	"github.com/pelletier/go-toml/v2"
 )
 
 // DefaultImageWorkDir is where pulled layers live, as image-rs keeps them:
@@ -102,6 +104,15 @@ func (im Image) withDefaults(name string) (Image, error) {
 		}
 	}
 	return im, nil
+}
+
+// RegistriesTOML is [image.registry_config] as a registries.conf file;
+// nil when the section is absent.
+func (im Image) RegistriesTOML() ([]byte, error) {
+	if im.Registries == nil {
+		return nil, nil
+	}
+	return toml.Marshal(im.Registries)
 }
 
 // describe is one line for `cdh-proxy config`: where each part comes from,

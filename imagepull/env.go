@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/pelletier/go-toml/v2"
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"go.yaml.in/yaml/v3"
@@ -64,22 +63,15 @@ func (p *Puller) buildEnv(ctx context.Context) (*env, error) {
 	im := p.cfg
 	files := map[string][]byte{}
 
-	regs := []byte{}
-	switch {
-	case im.RegistriesURI != "":
+	regs := im.Registries
+	if im.RegistriesURI != "" {
 		b, err := loadURI(ctx, p.fetch, "registry configuration", im.RegistriesURI)
 		if err != nil {
 			return nil, err
 		}
 		regs = b
-	case im.Registries != nil:
-		b, err := toml.Marshal(im.Registries)
-		if err != nil {
-			return nil, &Error{Code: CodeInvalid, Msg: "[image.registry_config]", Err: err}
-		}
-		regs = b
 	}
-	files["registries.conf"] = regs
+	files["registries.conf"] = append([]byte{}, regs...)
 
 	sigstore := map[string]any{}
 	if im.SigstoreConfigURI != "" {
@@ -141,8 +133,8 @@ func (p *Puller) buildEnv(ctx context.Context) (*env, error) {
 	if len(im.ExtraRootCertificates) > 0 {
 		sys.DockerCertPath = filepath.Join(dir, "certs") // system roots plus these, for every registry
 	}
-	if px := im.Proxy; px != nil {
-		pf := (&httpproxy.Config{HTTPProxy: px.HTTPProxy, HTTPSProxy: px.HTTPSProxy, NoProxy: px.NoProxy}).ProxyFunc()
+	if im.HTTPProxy != "" || im.HTTPSProxy != "" {
+		pf := (&httpproxy.Config{HTTPProxy: im.HTTPProxy, HTTPSProxy: im.HTTPSProxy, NoProxy: im.NoProxy}).ProxyFunc()
 		sys.DockerProxy = func(u *url.URL) (*url.URL, error) { return pf(u) }
 	}
 

@@ -16,7 +16,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
-	"github.com/cdh-proxy/cdh-proxy/config"
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 )
 
@@ -57,13 +56,13 @@ func (s *pullStats) ObserveImagePull(result string, bytes int64, _ time.Duration
 	s.bytes += bytes
 }
 
-func testConfig(t *testing.T) config.Image {
-	return config.Image{WorkDir: t.TempDir(), MaxConcurrentLayerDownloads: 3}
+func testConfig(t *testing.T) Config {
+	return Config{WorkDir: t.TempDir(), MaxConcurrentLayerDownloads: 3}
 }
 
 // insecure lets the plain-HTTP test registry in, as registries.conf does.
-func insecure(host string) *config.RegistriesConf {
-	return &config.RegistriesConf{Registry: []config.Registry{{Location: host, Insecure: true}}}
+func insecure(host string) []byte {
+	return fmt.Appendf(nil, "[[registry]]\nlocation = %q\ninsecure = true\n", host)
 }
 
 // bundle makes the empty bundle directory kata-agent creates and unmounts
@@ -318,7 +317,7 @@ func TestFullDiskIsResourceExhausted(t *testing.T) {
 	t.Cleanup(func() { unix.Unmount(work, unix.MNT_DETACH) })
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "huge:1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "huge", Size: 64 << 20})))
-	cfg := config.Image{WorkDir: work, MaxConcurrentLayerDownloads: 1, Registries: insecure(reg.Host)}
+	cfg := Config{WorkDir: work, MaxConcurrentLayerDownloads: 1, Registries: insecure(reg.Host)}
 	p := New(cfg, newFakeKBS(nil), Options{})
 	defer p.Close()
 	_, err := p.Pull(t.Context(), reg.Host+"/huge:1", bundle(t))

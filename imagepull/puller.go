@@ -32,9 +32,26 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"golang.org/x/sys/unix"
-
-	"github.com/cdh-proxy/cdh-proxy/config"
 )
+
+// Config is what a pull runs with: cdh.toml's [image] (config.Image),
+// with the inline registry rules already in registries.conf form.
+type Config struct {
+	WorkDir                     string
+	MaxConcurrentLayerDownloads int // <= 0: DefaultLayerDownloads
+	PolicyURI                   string
+	Policy                      string // inline containers-policy.json; PolicyURI wins
+	SigstoreConfigURI           string
+	AuthURI                     string
+	RegistriesURI               string
+	Registries                  []byte // registries.conf TOML; RegistriesURI wins
+	ExtraRootCertificates       []string
+	HTTPSProxy, HTTPProxy       string
+	NoProxy                     string
+}
+
+// DefaultLayerDownloads is image-rs's default parallelism.
+const DefaultLayerDownloads = 3
 
 // Fetcher reads a kbs:/// resource (core.Secrets: the resource cache).
 type Fetcher interface {
@@ -60,7 +77,7 @@ type Options struct {
 // Puller pulls images for PullImage. Its zero work happens in New: the
 // work_dir is prepared on the first pull.
 type Puller struct {
-	cfg   config.Image
+	cfg   Config
 	fetch Fetcher
 	log   *slog.Logger
 	obs   Observer
@@ -73,9 +90,8 @@ type Puller struct {
 	layers *layerStore
 }
 
-// New returns a Puller for the [image] config; cfg's defaults must be
-// filled (config does).
-func New(cfg config.Image, fetch Fetcher, o Options) *Puller {
+// New returns a Puller; it does no I/O.
+func New(cfg Config, fetch Fetcher, o Options) *Puller {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -83,7 +99,7 @@ func New(cfg config.Image, fetch Fetcher, o Options) *Puller {
 		o.Mount = unix.Mount
 	}
 	if cfg.MaxConcurrentLayerDownloads <= 0 {
-		cfg.MaxConcurrentLayerDownloads = config.DefaultImageLayerDownloads
+		cfg.MaxConcurrentLayerDownloads = DefaultLayerDownloads
 	}
 	log := o.Logger.With("component", "image-pull")
 	return &Puller{

@@ -19,7 +19,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/cdh-proxy/cdh-proxy/config"
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 )
 
@@ -280,15 +279,31 @@ func TestRegistryRules(t *testing.T) {
 	search.Push(t, "library/busybox:latest", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "short name\n"})))
 
 	cfg := testConfig(t)
-	cfg.Registries = &config.RegistriesConf{
-		UnqualifiedSearchRegistries: []string{primary.Host, search.Host},
-		Registry: []config.Registry{
-			{Location: primary.Host, Insecure: true, Mirror: []config.Mirror{{Location: "127.0.0.1:1", Insecure: true}, {Location: mirror.Host, Insecure: true}}},
-			{Prefix: "example.test/apps", Location: remap.Host + "/internal", Insecure: true},
-			{Location: search.Host, Insecure: true},
-			{Location: "blocked.test", Blocked: true},
-		},
-	}
+	cfg.Registries = fmt.Appendf(nil, `unqualified-search-registries = [%[1]q, %[2]q]
+
+[[registry]]
+location = %[1]q
+insecure = true
+[[registry.mirror]]
+location = "127.0.0.1:1"
+insecure = true
+[[registry.mirror]]
+location = %[3]q
+insecure = true
+
+[[registry]]
+prefix = "example.test/apps"
+location = "%[4]s/internal"
+insecure = true
+
+[[registry]]
+location = %[2]q
+insecure = true
+
+[[registry]]
+location = "blocked.test"
+blocked = true
+`, primary.Host, search.Host, mirror.Host, remap.Host)
 	p := New(cfg, newFakeKBS(nil), Options{})
 	defer p.Close()
 	if got := readFile(t, filepath.Join(pullOK(t, p, primary.Host+"/team/app:v1"), "f")); got != "from the mirror\n" {
@@ -374,7 +389,7 @@ func TestPullProxy(t *testing.T) {
 	host := "registry.test:" + port
 	cfg := testConfig(t)
 	cfg.Registries = insecure(host)
-	cfg.Proxy = &config.ImageProxy{HTTPProxy: proxy.URL, HTTPSProxy: proxy.URL, NoProxy: "other.test"}
+	cfg.HTTPProxy, cfg.HTTPSProxy, cfg.NoProxy = proxy.URL, proxy.URL, "other.test"
 	p := New(cfg, newFakeKBS(nil), Options{})
 	defer p.Close()
 	if got := readFile(t, filepath.Join(pullOK(t, p, host+"/app:v1"), "f")); got != "proxied\n" {

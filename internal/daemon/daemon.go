@@ -168,7 +168,11 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 	if parts.CDH {
 		// Guest image pull: nothing is touched until the first PullImage,
 		// so the resource path starts and runs as without it.
-		images := imagepull.New(cfg.Image, secrets, imagepull.Options{Logger: log, Observer: m})
+		icfg, err := imageConfig(cfg.Image)
+		if err != nil {
+			return nil, ConfigError{err}
+		}
+		images := imagepull.New(icfg, secrets, imagepull.Options{Logger: log, Observer: m})
 		d.closers = append(d.closers, images.Close)
 		if err := d.socket("cdh", cfg.CDHSocket, kbsList, att.Tee(), func(s *ttrpc.Server) error {
 			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log})
@@ -280,4 +284,22 @@ func RunTasks(ctx context.Context, tasks ...Task) error {
 		}
 	}
 	return first
+}
+
+// imageConfig is cdh.toml's [image] as imagepull takes it.
+func imageConfig(im config.Image) (imagepull.Config, error) {
+	regs, err := im.RegistriesTOML()
+	if err != nil {
+		return imagepull.Config{}, fmt.Errorf("[image.registry_config]: %w", err)
+	}
+	c := imagepull.Config{
+		WorkDir: im.WorkDir, MaxConcurrentLayerDownloads: im.MaxConcurrentLayerDownloads,
+		PolicyURI: im.PolicyURI, Policy: im.Policy, SigstoreConfigURI: im.SigstoreConfigURI,
+		AuthURI: im.AuthURI, RegistriesURI: im.RegistriesURI, Registries: regs,
+		ExtraRootCertificates: im.ExtraRootCertificates,
+	}
+	if px := im.Proxy; px != nil {
+		c.HTTPSProxy, c.HTTPProxy, c.NoProxy = px.HTTPSProxy, px.HTTPProxy, px.NoProxy
+	}
+	return c, nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/api/aa"
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
+	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/sealed"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
@@ -272,7 +273,11 @@ func TestDropInInvocations(t *testing.T) {
 	cdhToml := filepath.Join(dir, "cdh.toml")
 	aaToml := filepath.Join(dir, "aa.toml")
 	initdata := filepath.Join(dir, "initdata.toml")
-	mustWrite(t, cdhToml, fmt.Sprintf("socket = %q\n[kbc]\nname = \"cc_kbc\"\nurl = %q\nkbs_cert = '''\n%s'''\n", "unix://"+cdhSock, k.URL, ca))
+	reg := imagetest.NewRegistry(t, false)
+	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "hello", Body: "from the drop-in\n"})))
+	mustWrite(t, cdhToml, fmt.Sprintf("socket = %q\n[kbc]\nname = \"cc_kbc\"\nurl = %q\nkbs_cert = '''\n%s'''\n"+
+		"[image]\nwork_dir = %q\n[[image.registry_config.registry]]\nlocation = %q\ninsecure = true\n",
+		"unix://"+cdhSock, k.URL, ca, filepath.Join(t.TempDir(), "image-rs"), reg.Host))
 	mustWrite(t, aaToml, fmt.Sprintf("[token_configs.kbs]\nurl = %q\ncert = '''\n%s'''\n", k.URL, ca))
 	mustWrite(t, initdata, "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n")
 	env := []string{"CDH_PROXY_LOG_FORMAT=json", "CDH_PROXY_CMDLINE=-"}
@@ -288,6 +293,14 @@ func TestDropInInvocations(t *testing.T) {
 	kc := dialKata(t, cdhSock)
 	if got, err := kc.getResource("kbs:///default/akv/coco_one"); err != nil || string(got) != "a secret" {
 		t.Fatalf("CDH drop-in: %q %v", got, err)
+	}
+	// Guest pull through the drop-in process.
+	_, rootfs, err := kc.pullImage(reg.Host + "/app:v1")
+	if err != nil {
+		t.Fatalf("CDH drop-in PullImage: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(rootfs, "hello")); err != nil || string(got) != "from the drop-in\n" {
+		t.Fatalf("drop-in rootfs: %q %v", got, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()

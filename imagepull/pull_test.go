@@ -60,6 +60,20 @@ func testConfig(t *testing.T) Config {
 	return Config{WorkDir: t.TempDir(), MaxConcurrentLayerDownloads: 3}
 }
 
+// forRegistry is testConfig letting reg's plain HTTP in.
+func forRegistry(t *testing.T, reg *imagetest.Registry) Config {
+	cfg := testConfig(t)
+	cfg.Registries = insecure(reg.Host)
+	return cfg
+}
+
+// puller is a Puller that is closed when the test ends.
+func puller(t *testing.T, cfg Config, kbs Fetcher) *Puller {
+	p := New(cfg, kbs, Options{})
+	t.Cleanup(p.Close)
+	return p
+}
+
 // insecure lets the plain-HTTP test registry in, as registries.conf does.
 func insecure(host string) []byte {
 	return fmt.Appendf(nil, "[[registry]]\nlocation = %q\ninsecure = true\n", host)
@@ -148,8 +162,7 @@ func TestPullOverlayLayersAndDedup(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	img := layeredImage(t)
 	want := reg.Push(t, "app:v1", img)
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
+	cfg := forRegistry(t, reg)
 	stats := &pullStats{}
 	p := New(cfg, newFakeKBS(nil), Options{Observer: stats})
 	defer p.Close()
@@ -205,8 +218,7 @@ func TestPullOverlayLayersAndDedup(t *testing.T) {
 func TestPullFlatFallbackWithoutOverlay(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "app:v1", layeredImage(t))
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
+	cfg := forRegistry(t, reg)
 	noOverlay := func(source, target, fstype string, flags uintptr, data string) error {
 		if fstype == "overlay" {
 			return syscall.ENODEV
@@ -247,8 +259,7 @@ func TestHostileLayersAreContained(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(outside, "victim"), []byte("host file"), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cfg := testConfig(t)
-			cfg.Registries = insecure(reg.Host)
+			cfg := forRegistry(t, reg)
 			o := Options{}
 			if !overlay {
 				o.Mount = func(string, string, string, uintptr, string) error { return syscall.ENODEV }
@@ -293,10 +304,8 @@ func TestCorruptBlobIsRefusedAndNotStored(t *testing.T) {
 	reg.Push(t, "app:v1", imagetest.Image(t, layer))
 	d, _ := layer.Digest()
 	reg.Corrupt(d)
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	b := bundle(t)
 	_, err := p.Pull(t.Context(), reg.Host+"/app:v1", b)
 	if err == nil || !strings.Contains(err.Error(), "digest") {
@@ -318,8 +327,7 @@ func TestFullDiskIsResourceExhausted(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "huge:1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "huge", Size: 64 << 20})))
 	cfg := Config{WorkDir: work, MaxConcurrentLayerDownloads: 1, Registries: insecure(reg.Host)}
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(nil))
 	_, err := p.Pull(t.Context(), reg.Host+"/huge:1", bundle(t))
 	if codeOf(err) != CodeExhausted {
 		t.Fatalf("err = %v (code %d), want CodeExhausted", err, codeOf(err))
@@ -339,10 +347,8 @@ func TestCancelledPullLeavesNothing(t *testing.T) {
 	reg.Push(t, "app:v1", imagetest.Image(t, layer))
 	d, _ := layer.Digest()
 	hung := reg.Stall(d)
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 
 	ctx, cancel := context.WithCancel(t.Context())
 	b := bundle(t)
@@ -363,8 +369,7 @@ func TestCancelledPullLeavesNothing(t *testing.T) {
 	}
 	mustNotExist(t, filepath.Join(b, "rootfs/big"))
 
-	p2 := New(cfg, newFakeKBS(nil), Options{})
-	defer p2.Close()
+	p2 := puller(t, cfg, newFakeKBS(nil))
 	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/app:v1"), "big")); len(got) != 1<<20 {
 		t.Errorf("pull after the interrupted one: %d bytes", len(got))
 	}
@@ -375,15 +380,13 @@ func TestCancelledPullLeavesNothing(t *testing.T) {
 func TestLeftoversOfAKilledPullAreRemoved(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "x"})))
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
+	cfg := forRegistry(t, reg)
 	for _, d := range []string{"layers/.tmp-123", "conf/.tmp-456", "tmp/probe-789"} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d, "half"), 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(nil))
 	pullOK(t, p, reg.Host+"/app:v1")
 	for _, d := range []string{"layers/.tmp-123", "conf/.tmp-456", "tmp/probe-789"} {
 		mustNotExist(t, filepath.Join(cfg.WorkDir, d))
@@ -394,10 +397,8 @@ func TestLeftoversOfAKilledPullAreRemoved(t *testing.T) {
 func TestPullByDigest(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	d := reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "pinned"})))
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	if got := readFile(t, filepath.Join(pullOK(t, p, reg.Host+"/app@"+d.String()), "f")); got != "pinned" {
 		t.Errorf("f = %q", got)
 	}

@@ -60,12 +60,10 @@ func TestSignaturePolicies(t *testing.T) {
 		"kbs:///default/keys/cosign-repo":     cosign.PublicPEM(t),
 		"kbs:///default/sigstore-config/test": []byte("default-docker:\n  sigstore: file://" + store + "\n"),
 	})
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
+	cfg := forRegistry(t, reg)
 	cfg.PolicyURI = "kbs:///default/security-policy/test"
 	cfg.SigstoreConfigURI = "kbs:///default/sigstore-config/test"
-	p := New(cfg, kbs, Options{})
-	defer p.Close()
+	p := puller(t, cfg, kbs)
 
 	if got := readFile(t, filepath.Join(pullOK(t, p, gpgRef), "hello")); got != "signed\n" {
 		t.Errorf("gpg-signed rootfs: %q", got)
@@ -123,16 +121,13 @@ func TestSignaturePolicies(t *testing.T) {
 func TestNoPolicyAcceptsAnything(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "x"})))
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	pullOK(t, p, reg.Host+"/app:v1")
 
 	// An inline policy is read when no URI is given.
 	cfg.Policy = `{"default":[{"type":"reject"}]}`
-	p2 := New(cfg, newFakeKBS(nil), Options{})
-	defer p2.Close()
+	p2 := puller(t, cfg, newFakeKBS(nil))
 	if _, err := p2.Pull(t.Context(), reg.Host+"/app:v1", bundle(t)); codeOf(err) != CodeDenied {
 		t.Errorf("inline reject policy: %v", err)
 	}
@@ -146,11 +141,9 @@ func TestEncryptedImage(t *testing.T) {
 	base := imagetest.Layer(t, imagetest.Entry{Name: "base", Body: "clear\n"})
 	reg.Push(t, "enc:v1", imagetest.Image(t, base, imagetest.EncryptedLayer(t, plain, "kbs:///default/image-key/1", kek)))
 
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
+	cfg := forRegistry(t, reg)
 	kbs := newFakeKBS(map[string][]byte{"kbs:///default/image-key/1": kek})
-	p := New(cfg, kbs, Options{})
-	defer p.Close()
+	p := puller(t, cfg, kbs)
 	rootfs := pullOK(t, p, reg.Host+"/enc:v1")
 	if got := readFile(t, filepath.Join(rootfs, "secret.txt")); got != "decrypted\n" {
 		t.Errorf("secret.txt = %q", got)
@@ -161,11 +154,9 @@ func TestEncryptedImage(t *testing.T) {
 	rand.Read(wrong)
 	reg2 := imagetest.NewRegistry(t, false)
 	reg2.Push(t, "enc:v1", imagetest.Image(t, base, imagetest.EncryptedLayer(t, plain, "kbs:///default/image-key/2", kek)))
-	cfg2 := testConfig(t)
-	cfg2.Registries = insecure(reg2.Host)
+	cfg2 := forRegistry(t, reg2)
 	kbs2 := newFakeKBS(map[string][]byte{"kbs:///default/image-key/2": wrong})
-	p2 := New(cfg2, kbs2, Options{})
-	defer p2.Close()
+	p2 := puller(t, cfg2, kbs2)
 	b := bundle(t)
 	_, err := p2.Pull(t.Context(), reg2.Host+"/enc:v1", b)
 	if codeOf(err) != CodeDenied || !strings.Contains(err.Error(), "kbs:///default/image-key/2") {
@@ -239,18 +230,15 @@ func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
 	reg.RequireAuth("alice", "s3cret-pass")
 	auth := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass")))
 
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	_, err := p.Pull(t.Context(), reg.Host+"/private:v1", bundle(t))
 	if codeOf(err) != CodeDenied {
 		t.Fatalf("without credentials: %v, want denied", err)
 	}
 
 	cfg.AuthURI = "kbs:///default/credential/regcred"
-	p2 := New(cfg, newFakeKBS(map[string][]byte{cfg.AuthURI: []byte(auth)}), Options{})
-	defer p2.Close()
+	p2 := puller(t, cfg, newFakeKBS(map[string][]byte{cfg.AuthURI: []byte(auth)}))
 	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/private:v1"), "f")); got != "private\n" {
 		t.Errorf("f = %q", got)
 	}
@@ -259,8 +247,7 @@ func TestPrivateRegistryCredentialsFromKBS(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "auth.json")
 	os.WriteFile(bad, []byte(strings.ReplaceAll(auth, base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pass")), base64.StdEncoding.EncodeToString([]byte("alice:wrong-pass")))), 0o600)
 	cfg.AuthURI = "file://" + bad
-	p3 := New(cfg, newFakeKBS(nil), Options{})
-	defer p3.Close()
+	p3 := puller(t, cfg, newFakeKBS(nil))
 	_, err = p3.Pull(t.Context(), reg.Host+"/private:v1", bundle(t))
 	if codeOf(err) != CodeDenied || strings.Contains(err.Error(), "wrong-pass") || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("wrong password: %v", err)
@@ -304,8 +291,7 @@ insecure = true
 location = "blocked.test"
 blocked = true
 `, primary.Host, search.Host, mirror.Host, remap.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(nil))
 	if got := readFile(t, filepath.Join(pullOK(t, p, primary.Host+"/team/app:v1"), "f")); got != "from the mirror\n" {
 		t.Errorf("mirror: %q", got)
 	}
@@ -335,8 +321,7 @@ func TestRegistryConfigFromURI(t *testing.T) {
 	conf := fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host)
 	cfg := testConfig(t)
 	cfg.RegistriesURI = "kbs:///default/registry-configuration/test"
-	p := New(cfg, newFakeKBS(map[string][]byte{cfg.RegistriesURI: []byte(conf)}), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(map[string][]byte{cfg.RegistriesURI: []byte(conf)}))
 	pullOK(t, p, reg.Host+"/app:v1")
 }
 
@@ -344,14 +329,12 @@ func TestTLSRegistryWithExtraRoot(t *testing.T) {
 	reg := imagetest.NewRegistry(t, true)
 	reg.Push(t, "app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "tls\n"})))
 	cfg := testConfig(t)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(nil))
 	if _, err := p.Pull(t.Context(), reg.Host+"/app:v1", bundle(t)); err == nil || codeOf(err) != CodeUnavailable {
 		t.Fatalf("untrusted certificate: %v, want unavailable", err)
 	}
 	cfg.ExtraRootCertificates = []string{reg.CAPEM()}
-	p2 := New(cfg, newFakeKBS(nil), Options{})
-	defer p2.Close()
+	p2 := puller(t, cfg, newFakeKBS(nil))
 	if got := readFile(t, filepath.Join(pullOK(t, p2, reg.Host+"/app:v1"), "f")); got != "tls\n" {
 		t.Errorf("f = %q", got)
 	}
@@ -390,8 +373,7 @@ func TestPullProxy(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Registries = insecure(host)
 	cfg.HTTPProxy, cfg.HTTPSProxy, cfg.NoProxy = proxy.URL, proxy.URL, "other.test"
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	p := puller(t, cfg, newFakeKBS(nil))
 	if got := readFile(t, filepath.Join(pullOK(t, p, host+"/app:v1"), "f")); got != "proxied\n" {
 		t.Errorf("f = %q", got)
 	}
@@ -410,10 +392,8 @@ func TestMultiArchIndex(t *testing.T) {
 		runtime.GOARCH: imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "arch", Body: "mine\n"})),
 		other:          imagetest.ImageFor(t, other, imagetest.Layer(t, imagetest.Entry{Name: "arch", Body: "other\n"})),
 	})
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	b := bundle(t)
 	got, err := p.Pull(t.Context(), reg.Host+"/multi:v1", b)
 	if err != nil {
@@ -433,10 +413,8 @@ func TestConcurrentPullsShareDownloads(t *testing.T) {
 		imagetest.Layer(t, imagetest.Entry{Name: "a", Body: strings.Repeat("a", 1<<20)}),
 		imagetest.Layer(t, imagetest.Entry{Name: "b", Body: strings.Repeat("b", 1<<20)}))
 	reg.Push(t, "app:v1", img)
-	cfg := testConfig(t)
-	cfg.Registries = insecure(reg.Host)
-	p := New(cfg, newFakeKBS(nil), Options{})
-	defer p.Close()
+	cfg := forRegistry(t, reg)
+	p := puller(t, cfg, newFakeKBS(nil))
 	const n = 8
 	errs := make(chan error, n)
 	for range n {

@@ -1,6 +1,7 @@
 package imagepull
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -211,6 +213,21 @@ func TestUnwrapKeyProtocol(t *testing.T) {
 	}
 	if err := json.Unmarshal(res.KeyUnwrapResults.OptsData, &opts); err != nil || len(opts.SymKey) != 32 {
 		t.Fatalf("optsdata %q: %v", res.KeyUnwrapResults.OptsData, err)
+	}
+	// A v2 packet: the same with version, provider and its settings.
+	var v2 map[string]any
+	json.Unmarshal(packet, &v2)
+	v2["version"], v2["provider"], v2["provider_settings"], v2["annotations"] = "0.1.0", "kbs", map[string]any{}, map[string]any{}
+	p2, _ := json.Marshal(v2)
+	in2, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": p2}})
+	if _, err := UnwrapKey(t.Context(), kbs, in2); err != nil {
+		t.Errorf("v2 packet: %v", err)
+	}
+	v2["provider"] = "aliyun"
+	p3, _ := json.Marshal(v2)
+	in3, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": p3}})
+	if _, err := UnwrapKey(t.Context(), kbs, in3); codeOf(err) != CodeUnsupported || !strings.Contains(err.Error(), "aliyun") {
+		t.Errorf("KMS provider: %v, want unsupported naming it", err)
 	}
 	for name, input := range map[string]string{
 		"not JSON":      "{",
@@ -435,5 +452,36 @@ func TestConcurrentPullsShareDownloads(t *testing.T) {
 		if got := reg.BlobGets(d); got != 1 {
 			t.Errorf("layer %s downloaded %d times by %d concurrent pulls, want once", d, got, n)
 		}
+	}
+}
+
+// A pull runs max_concurrent_layer_downloads_per_image layer downloads at
+// once: the registry holds each download until that many are in flight, so
+// a pull with less parallelism hangs to the deadline and fails. (More than
+// the limit would show in MaxInFlight only if it arrived while the gate
+// held the others, which is a race: the bound itself is errgroup's
+// SetLimit in ensureAll.)
+func TestLayerDownloadParallelism(t *testing.T) {
+	for _, width := range []int{1, 3} {
+		t.Run(fmt.Sprint(width), func(t *testing.T) {
+			reg := imagetest.NewRegistry(t, false)
+			var layers []v1.Layer
+			for i := range 6 {
+				layers = append(layers, imagetest.Layer(t, imagetest.Entry{Name: fmt.Sprint(i), Body: fmt.Sprint("layer ", i)}))
+			}
+			reg.Push(t, "app:v1", imagetest.Image(t, layers...))
+			reg.Gate(width, 6)
+			cfg := forRegistry(t, reg)
+			cfg.MaxConcurrentLayerDownloads = width
+			p := puller(t, cfg, newFakeKBS(nil))
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			if _, err := p.Pull(ctx, reg.Host+"/app:v1", bundle(t)); err != nil {
+				t.Fatal(err)
+			}
+			if got := reg.MaxInFlight(); got != width {
+				t.Errorf("%d layer downloads at once, want %d", got, width)
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -159,6 +160,14 @@ type Registry struct {
 	corrupt  map[string]bool
 	stall    map[string]chan struct{}
 	down     bool
+
+	// gate: blob downloads wait until gateWidth are in flight at once
+	// (or all gateTotal have come), so the largest number in flight shows
+	// a client's parallelism without depending on timing.
+	gateWidth, gateTotal int
+	gateArrived, inFlight int
+	maxInFlight          int
+	gateCond             *sync.Cond
 }
 
 // NewRegistry serves a registry over plain HTTP (tls false) or HTTPS
@@ -166,6 +175,7 @@ type Registry struct {
 func NewRegistry(t TB, useTLS bool) *Registry {
 	t.Helper()
 	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, stall: map[string]chan struct{}{}}
+	r.gateCond = sync.NewCond(&r.mu)
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
@@ -190,6 +200,26 @@ func NewRegistry(t TB, useTLS bool) *Registry {
 			bad := r.corrupt[d]
 			stalled := r.stall[d]
 			delete(r.stall, d)
+			if r.gateWidth > 0 {
+				r.inFlight++
+				r.gateArrived++
+				r.maxInFlight = max(r.maxInFlight, r.inFlight)
+				r.gateCond.Broadcast()
+				stop := context.AfterFunc(req.Context(), func() {
+					r.mu.Lock()
+					r.gateCond.Broadcast()
+					r.mu.Unlock()
+				})
+				defer stop()
+				for r.inFlight < r.gateWidth && r.gateArrived < r.gateTotal && req.Context().Err() == nil {
+					r.gateCond.Wait()
+				}
+				defer func() {
+					r.mu.Lock()
+					r.inFlight--
+					r.mu.Unlock()
+				}()
+			}
 			r.mu.Unlock()
 			if stalled != nil {
 				// Half the blob, then nothing until the client goes away.
@@ -265,6 +295,23 @@ func (r *Registry) Stall(d v1.Hash) <-chan struct{} {
 	ch := make(chan struct{})
 	r.stall[d.String()] = ch
 	return ch
+}
+
+// Gate holds each blob download until width downloads are in flight
+// together, or total have arrived; MaxInFlight then tells how many a
+// client ran at once. A client that runs fewer than width at once (and
+// fewer than total in all) hangs on the gate: give the test a deadline.
+func (r *Registry) Gate(width, total int) {
+	r.mu.Lock()
+	r.gateWidth, r.gateTotal = width, total
+	r.mu.Unlock()
+}
+
+// MaxInFlight is the largest number of gated blob downloads at once.
+func (r *Registry) MaxInFlight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.maxInFlight
 }
 
 // BlobGets is how often blob d was downloaded.

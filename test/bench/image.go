@@ -129,15 +129,13 @@ func (b *bench) p6() (err error) {
 	b.printf("| pull | time | peak RSS of cdh-proxy (VmHWM) | layer downloads |\n|---|---|---|---|\n")
 	b.printf("| before any pull | | %.1f MiB | |\n", rssBefore)
 	b.printf("| first (5 layers fetched, verified, unpacked) | %s | %.1f MiB | %d |\n", secs(first), peakFirst, gets)
-	b.printf("| second, same image (every layer stored: de-duplicated) | %s | %.1f MiB | %d more |\n\n", secs(second), peakSecond, 0)
 	after := 0
 	for _, l := range layers {
 		d, _ := l.Digest()
 		after += reg.BlobGets(d)
 	}
-	if after != gets {
-		return fmt.Errorf("P6: the second pull downloaded %d layers, want none", after-gets)
-	}
+	b.printf("| second, same image (every layer stored: de-duplicated) | %s | %.1f MiB | %d more |\n\n", secs(second), peakSecond, after-gets)
+	b.secondPullGets = after - gets
 	return nil
 }
 

@@ -53,12 +53,18 @@ func TestKataAgentPullsImage(t *testing.T) {
 	want := reg.Push(t, "team/app:v1", imagetest.Image(t, base, secret))
 	reg.SignCosign(t, cosign, "team/app:v1", ref, want)
 	reg.Push(t, "team/unsigned:v1", imagetest.Image(t, base))
+	gpg := imagetest.NewGPGKey(t)
+	lookaside := t.TempDir()
+	gpgRef := reg.Host + "/gpg/app:v1"
+	gd := reg.Push(t, "gpg/app:v1", imagetest.Image(t, base))
+	gpg.SignLookaside(t, lookaside, "gpg/app", gpgRef, gd)
 	missingKey := imagetest.EncryptedLayer(t, imagetest.TarGz(t, imagetest.Entry{Name: "x", Body: "x"}), "kbs:///default/image-key/absent", kek)
 	reg.Push(t, "open/nokey:v1", imagetest.Image(t, base, missingKey))
 	reg.RequireAuth("puller", "registry-password-7")
 
 	policy := fmt.Sprintf(`{"default":[{"type":"reject"}],"transports":{"docker":{
 		"%[1]s/team": [{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-key/pub"}],
+		"%[1]s/gpg": [{"type":"signedBy","keyType":"GPGKeys","keyPath":"kbs:///default/gpg-key/pub"}],
 		"%[1]s/open": [{"type":"insecureAcceptAnything"}]}}}`, reg.Host)
 	auth := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte("puller:registry-password-7")))
 	for _, r := range []struct {
@@ -67,6 +73,8 @@ func TestKataAgentPullsImage(t *testing.T) {
 	}{
 		{"security-policy", "test", []byte(policy)},
 		{"cosign-key", "pub", cosign.PublicPEM(t)},
+		{"gpg-key", "pub", gpg.PublicKeyring(t)},
+		{"sigstore-config", "test", []byte("default-docker:\n  sigstore: file://" + lookaside + "\n")},
 		{"image-key", "app", kek},
 		{"credential", "regcred", []byte(auth)},
 	} {
@@ -86,6 +94,7 @@ kbs_cert = '''%s'''
 [image]
 work_dir = %q
 image_security_policy_uri = "kbs:///default/security-policy/test"
+sigstore_config_uri = "kbs:///default/sigstore-config/test"
 authenticated_registry_credentials_uri = "kbs:///default/credential/regcred"
 max_concurrent_layer_downloads_per_image = 2
 
@@ -122,6 +131,9 @@ insecure = true
 		t.Errorf("rootfs mounts %v, want one overlay", mounts)
 	}
 
+	if _, _, err := kc.pullImage(gpgRef); err != nil {
+		t.Errorf("GPG-signed image: %v", err)
+	}
 	if _, _, err := kc.pullImage(reg.Host + "/team/unsigned:v1"); status.Code(err) != codes.PermissionDenied ||
 		!strings.Contains(status.Convert(err).Message(), "rejected by the image security policy") {
 		t.Errorf("unsigned image: %v", err)
@@ -163,7 +175,7 @@ insecure = true
 		t.Errorf("UnWrapKey without wrapped_data: %v", err)
 	}
 
-	if r := p.get("/metrics"); !strings.Contains(r.Body, `cdh_proxy_image_pull_seconds_count{result="ok"} 1`) ||
+	if r := p.get("/metrics"); !strings.Contains(r.Body, `cdh_proxy_image_pull_seconds_count{result="ok"} 2`) ||
 		!strings.Contains(r.Body, `cdh_proxy_image_pull_seconds_count{result="denied"} 1`) {
 		t.Errorf("metrics lack the pulls:\n%s", grepLines(r.Body, "image_pull"))
 	}

@@ -164,10 +164,10 @@ type Registry struct {
 	// gate: blob downloads wait until gateWidth are in flight at once
 	// (or all gateTotal have come), so the largest number in flight shows
 	// a client's parallelism without depending on timing.
-	gateWidth, gateTotal int
+	gateWidth, gateTotal  int
 	gateArrived, inFlight int
-	maxInFlight          int
-	gateCond             *sync.Cond
+	maxInFlight           int
+	gateCond              *sync.Cond
 }
 
 // NewRegistry serves a registry over plain HTTP (tls false) or HTTPS

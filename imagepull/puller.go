@@ -72,6 +72,11 @@ type Options struct {
 	Logger   *slog.Logger
 	Observer Observer
 	Mount    MountFunc // nil → unix.Mount
+	// FetchBudget bounds each KBS fetch of a pull (policy, keys,
+	// credentials, image keys), as --budget bounds GetResource: a KBS
+	// outage fails the pull in seconds instead of holding it to kata's
+	// 1200 s deadline. Zero: only the pull's deadline.
+	FetchBudget time.Duration
 }
 
 // Puller pulls images for PullImage. Its zero work happens in New: the
@@ -100,6 +105,9 @@ func New(cfg Config, fetch Fetcher, o Options) *Puller {
 	}
 	if cfg.MaxConcurrentLayerDownloads <= 0 {
 		cfg.MaxConcurrentLayerDownloads = DefaultLayerDownloads
+	}
+	if o.FetchBudget > 0 {
+		fetch = budgeted{fetch, o.FetchBudget}
 	}
 	log := o.Logger.With("component", "image-pull")
 	return &Puller{
@@ -367,6 +375,18 @@ func registryError(ctx context.Context, name string, err error) error {
 		return &Error{Code: CodeDenied, Msg: name + ": the registry denied access", Err: err}
 	}
 	return &Error{Code: CodeUnavailable, Msg: name + ": registry", Err: err}
+}
+
+// budgeted bounds every fetch of a Fetcher.
+type budgeted struct {
+	f      Fetcher
+	budget time.Duration
+}
+
+func (b budgeted) Fetch(ctx context.Context, uri string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.budget)
+	defer cancel()
+	return b.f.Fetch(ctx, uri)
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

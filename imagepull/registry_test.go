@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +17,9 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -484,4 +487,32 @@ func TestLayerDownloadParallelism(t *testing.T) {
 			}
 		})
 	}
+}
+
+// blockingKBS never answers until the caller gives up.
+type blockingKBS struct{}
+
+func (blockingKBS) Fetch(ctx context.Context, uri string) ([]byte, error) {
+	<-ctx.Done()
+	return nil, fmt.Errorf("%s: %w", uri, ctx.Err())
+}
+
+// A KBS that does not answer fails the pull within the fetch budget, not
+// at kata's 1200 s deadline.
+func TestKBSFetchBudget(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := Config{WorkDir: t.TempDir(), PolicyURI: "kbs:///default/security-policy/test"}
+		p := New(cfg, blockingKBS{}, Options{FetchBudget: 30 * time.Second, Mount: func(string, string, string, uintptr, string) error { return syscall.ENODEV }})
+		defer p.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 1200*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := p.Pull(ctx, "r.test/app:v1", t.TempDir())
+		if codeOf(err) != CodeFromFetch || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), cfg.PolicyURI) {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d != 30*time.Second {
+			t.Errorf("failed after %v, want the 30 s budget", d)
+		}
+	})
 }

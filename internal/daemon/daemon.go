@@ -172,7 +172,7 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		if err != nil {
 			return nil, ConfigError{err}
 		}
-		images := imagepull.New(icfg, secrets, imagepull.Options{Logger: log, Observer: m})
+		images := imagepull.New(icfg, secrets, imagepull.Options{Logger: log, Observer: m, FetchBudget: cfg.Budget})
 		d.closers = append(d.closers, images.Close)
 		if err := d.socket("cdh", cfg.CDHSocket, kbsList, att.Tee(), func(s *ttrpc.Server) error {
 			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log})

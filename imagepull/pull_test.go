@@ -250,8 +250,14 @@ func TestHostileLayersAreContained(t *testing.T) {
 				imagetest.Entry{Name: "link", Type: tar.TypeSymlink, Link: outside},
 				imagetest.Entry{Name: "link/through", Body: "escaped"},
 				imagetest.Entry{Name: "dev/", Type: tar.TypeDir},
+				imagetest.Entry{Name: "dev/lower", Body: "lower"},
 				imagetest.Entry{Name: "dev/sda", Type: tar.TypeBlock, Major: 8, Minor: 0, Mode: 0o666},
 				imagetest.Entry{Name: "mem", Type: tar.TypeChar, Major: 1, Minor: 1, Mode: 0o666},
+			), imagetest.Layer(t,
+				// overlayfs's own attribute, smuggled in: it would hide the
+				// lower layer's dev/ contents if it were applied.
+				imagetest.Entry{Name: "dev/", Type: tar.TypeDir, Xattrs: map[string]string{"trusted.overlay.opaque": "y"}},
+				imagetest.Entry{Name: "dev/keep", Body: "upper"},
 			)))
 			reg.Push(t, "evil:hardlink", imagetest.Image(t, imagetest.Layer(t,
 				imagetest.Entry{Name: "hl", Type: tar.TypeLink, Link: "../../../../../../.." + outside + "/victim"},
@@ -283,6 +289,9 @@ func TestHostileLayersAreContained(t *testing.T) {
 			}
 			mustNotExist(t, filepath.Join(rootfs, "dev/sda"))
 			mustNotExist(t, filepath.Join(rootfs, "mem"))
+			if got := readFile(t, filepath.Join(rootfs, "dev/lower")); got != "lower" {
+				t.Errorf("a layer's trusted.overlay.opaque hid the layer below: dev/lower = %q", got)
+			}
 
 			// A hardlink to a file outside the layer is refused, and
 			// nothing is mounted.

@@ -149,6 +149,17 @@ func layerFilter(h *tar.Header) (bool, error) {
 	return h.Typeflag != tar.TypeChar && h.Typeflag != tar.TypeBlock, nil
 }
 
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
 // pubOptsAnnotation carries ocicrypt's public block-cipher options.
 const pubOptsAnnotation = "org.opencontainers.image.enc.pubopts"
 

@@ -215,6 +215,10 @@ type layerStore struct {
 	inflight map[digest.Digest]*flight
 	wg       sync.WaitGroup
 	closed   bool
+
+	// afterStat, when set (tests), runs between ensure's first look for
+	// the layer and taking the lock.
+	afterStat func()
 }
 
 type flight struct {
@@ -261,6 +265,9 @@ func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLa
 	if _, err := os.Stat(final); err == nil {
 		return nil
 	}
+	if s.afterStat != nil {
+		s.afterStat()
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -268,6 +275,13 @@ func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLa
 	}
 	fl, ok := s.inflight[info.Digest]
 	if !ok {
+		// A download that finished since the check above renamed the
+		// layer into place before it left inflight: look again, under
+		// the lock, rather than download it twice.
+		if _, err := os.Stat(final); err == nil {
+			s.mu.Unlock()
+			return nil
+		}
 		wctx, cancel := context.WithCancel(context.Background())
 		fl = &flight{done: make(chan struct{}), cancel: cancel}
 		s.inflight[info.Digest] = fl

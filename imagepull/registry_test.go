@@ -516,3 +516,35 @@ func TestKBSFetchBudget(t *testing.T) {
 		}
 	})
 }
+
+// A pull that looked for a layer just before another pull finished
+// storing it must not download it again.
+func TestLayerFinishedBetweenLookAndLock(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	layer := imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "once"})
+	reg.Push(t, "app:v1", imagetest.Image(t, layer))
+	p := puller(t, forRegistry(t, reg), newFakeKBS(nil))
+	inside, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	p.layers.afterStat = func() {
+		if calls.Add(1) == 1 { // the first puller stops between look and lock
+			close(inside)
+			<-release
+		}
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Pull(t.Context(), reg.Host+"/app:v1", bundle(t))
+		errc <- err
+	}()
+	<-inside
+	pullOK(t, p, reg.Host+"/app:v1") // the second stores the layer meanwhile
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	d, _ := layer.Digest()
+	if n := reg.BlobGets(d); n != 1 {
+		t.Errorf("layer downloaded %d times, want once", n)
+	}
+}

@@ -216,16 +216,29 @@ type layerStore struct {
 	wg       sync.WaitGroup
 	closed   bool
 
-	// afterStat, when set (tests), runs between ensure's first look for
-	// the layer and taking the lock.
-	afterStat func()
+	hooks storeHooks
 }
 
 type flight struct {
-	done    chan struct{}
-	err     error
-	waiters int
-	cancel  context.CancelFunc
+	done      chan struct{}
+	err       error
+	waiters   int
+	abandoned bool // every waiter left and it was cancelled: nobody may join
+	cancel    context.CancelFunc
+}
+
+// storeHooks are test seams: each, when set, runs at one point of ensure
+// or of a download, so tests can order two pulls without timing.
+type storeHooks struct {
+	afterStat  func() // between ensure's look for the layer and the lock
+	waiting    func() // ensure is about to wait on a download
+	beforeDone func() // a download ended, before it leaves inflight
+}
+
+func (storeHooks) run(f func()) {
+	if f != nil {
+		f()
+	}
 }
 
 func newLayerStore(dir string, log *slog.Logger) *layerStore {
@@ -259,55 +272,74 @@ func (s *layerStore) ensureAll(ctx context.Context, infos []types.BlobInfo, para
 
 // ensure waits until the layer is present. The download runs in a
 // goroutine of the store, not of the caller: a second pull of the same
-// layer joins it, and it is cancelled only when every caller has left.
+// layer joins it, and it is cancelled only when every caller has left. A
+// pull that finds a download its callers abandoned waits for it to end and
+// starts its own.
 func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
 	final := s.path(info.Digest)
-	if _, err := os.Stat(final); err == nil {
-		return nil
-	}
-	if s.afterStat != nil {
-		s.afterStat()
-	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return &Error{Code: CodeUnavailable, Msg: "image pull is shutting down"}
-	}
-	fl, ok := s.inflight[info.Digest]
-	if !ok {
-		// A download that finished since the check above renamed the
-		// layer into place before it left inflight: look again, under
-		// the lock, rather than download it twice.
+	for {
 		if _, err := os.Stat(final); err == nil {
-			s.mu.Unlock()
 			return nil
 		}
-		wctx, cancel := context.WithCancel(context.Background())
-		fl = &flight{done: make(chan struct{}), cancel: cancel}
-		s.inflight[info.Digest] = fl
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer cancel()
-			err := s.unpack(wctx, info, f, counted)
-			s.mu.Lock()
-			delete(s.inflight, info.Digest)
-			fl.err = err
+		s.hooks.run(s.hooks.afterStat)
+		s.mu.Lock()
+		if s.closed {
 			s.mu.Unlock()
-			close(fl.done)
-		}()
+			return &Error{Code: CodeUnavailable, Msg: "image pull is shutting down"}
+		}
+		fl, ok := s.inflight[info.Digest]
+		switch {
+		case ok && fl.abandoned:
+			s.mu.Unlock()
+			s.hooks.run(s.hooks.waiting)
+			select {
+			case <-fl.done:
+				continue
+			case <-ctx.Done():
+				return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
+			}
+		case !ok:
+			// A download that finished since the look above renamed the
+			// layer into place before it left inflight: look again, under
+			// the lock, rather than download it twice.
+			if _, err := os.Stat(final); err == nil {
+				s.mu.Unlock()
+				return nil
+			}
+			fl = s.start(info, f, counted)
+		}
+		fl.waiters++
+		s.mu.Unlock()
+		s.hooks.run(s.hooks.waiting)
+		select {
+		case <-fl.done:
+			s.leave(fl)
+			return fl.err
+		case <-ctx.Done():
+			s.leave(fl)
+			return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
+		}
 	}
-	fl.waiters++
-	s.mu.Unlock()
+}
 
-	select {
-	case <-fl.done:
-		s.leave(fl)
-		return fl.err
-	case <-ctx.Done():
-		s.leave(fl)
-		return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
-	}
+// start begins downloading a layer; s.mu is held.
+func (s *layerStore) start(info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) *flight {
+	wctx, cancel := context.WithCancel(context.Background())
+	fl := &flight{done: make(chan struct{}), cancel: cancel}
+	s.inflight[info.Digest] = fl
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer cancel()
+		err := s.unpack(wctx, info, f, counted)
+		s.hooks.run(s.hooks.beforeDone)
+		s.mu.Lock()
+		delete(s.inflight, info.Digest)
+		fl.err = err
+		s.mu.Unlock()
+		close(fl.done)
+	}()
+	return fl
 }
 
 func (s *layerStore) leave(fl *flight) {
@@ -315,6 +347,7 @@ func (s *layerStore) leave(fl *flight) {
 	defer s.mu.Unlock()
 	fl.waiters--
 	if fl.waiters == 0 {
+		fl.abandoned = true
 		fl.cancel()
 	}
 }

@@ -526,7 +526,7 @@ func TestLayerFinishedBetweenLookAndLock(t *testing.T) {
 	p := puller(t, forRegistry(t, reg), newFakeKBS(nil))
 	inside, release := make(chan struct{}), make(chan struct{})
 	var calls atomic.Int32
-	p.layers.afterStat = func() {
+	p.layers.hooks.afterStat = func() {
 		if calls.Add(1) == 1 { // the first puller stops between look and lock
 			close(inside)
 			<-release
@@ -546,5 +546,56 @@ func TestLayerFinishedBetweenLookAndLock(t *testing.T) {
 	d, _ := layer.Digest()
 	if n := reg.BlobGets(d); n != 1 {
 		t.Errorf("layer downloaded %d times, want once", n)
+	}
+}
+
+// A pull that comes while an abandoned download (its only puller gave up)
+// is still winding down waits for it and downloads anew, instead of
+// inheriting its cancellation.
+func TestPullAfterAnAbandonedDownload(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	layer := imagetest.Layer(t, imagetest.Entry{Name: "f", Body: strings.Repeat("a", 1<<16)})
+	reg.Push(t, "app:v1", imagetest.Image(t, layer))
+	d, _ := layer.Digest()
+	hung := reg.Stall(d)
+	p := puller(t, forRegistry(t, reg), newFakeKBS(nil))
+
+	ending, release := make(chan struct{}), make(chan struct{})
+	var ends atomic.Int32
+	p.layers.hooks.beforeDone = func() {
+		if ends.Add(1) == 1 { // hold the abandoned download in inflight
+			close(ending)
+			<-release
+		}
+	}
+	waiting := make(chan struct{}, 4)
+	p.layers.hooks.waiting = func() { waiting <- struct{}{} }
+
+	ctx, cancel := context.WithCancel(t.Context())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Pull(ctx, reg.Host+"/app:v1", bundle(t))
+		errc <- err
+	}()
+	<-waiting // the first pull waits on its download…
+	<-hung    // …which is under way
+	cancel()
+	if err := <-errc; codeOf(err) != CodeDeadline {
+		t.Fatalf("first pull: %v", err)
+	}
+	<-ending // the abandoned download is still listed
+
+	second := make(chan error, 1)
+	go func() {
+		_, err := p.Pull(t.Context(), reg.Host+"/app:v1", bundle(t))
+		second <- err
+	}()
+	<-waiting // the second pull found it
+	close(release)
+	if err := <-second; err != nil {
+		t.Fatalf("second pull inherited the abandoned download's end: %v", err)
+	}
+	if n := reg.BlobGets(d); n != 2 {
+		t.Errorf("blob fetched %d times, want 2 (the abandoned one and the new one)", n)
 	}
 }

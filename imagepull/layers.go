@@ -49,7 +49,13 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 	}
 	defer blob.Close()
 	outer := info.Digest.Verifier()
-	raw := io.TeeReader(&countReader{r: blob, n: counted}, outer)
+	var body io.Reader = blob
+	if info.Size >= 0 {
+		// The manifest names the size (and the manifest is what the
+		// policy approved): a registry that sends more is not read on.
+		body = io.LimitReader(blob, info.Size)
+	}
+	raw := io.TeeReader(&countReader{r: body, n: counted}, outer)
 	r := raw
 
 	var inner digest.Verifier

@@ -428,3 +428,22 @@ func TestBadBundlePaths(t *testing.T) {
 		}
 	}
 }
+
+// A registry that sends more than the manifest's size for a blob is not
+// read past that size.
+func TestBlobReadOnlyToItsSize(t *testing.T) {
+	reg := imagetest.NewRegistry(t, false)
+	layer := imagetest.Layer(t, imagetest.Entry{Name: "f", Body: "sized"})
+	reg.Push(t, "app:v1", imagetest.Image(t, layer))
+	d, _ := layer.Digest()
+	reg.Pad(d)
+	stats := &pullStats{}
+	p := New(forRegistry(t, reg), newFakeKBS(nil), Options{Observer: stats})
+	t.Cleanup(p.Close)
+	if got := readFile(t, filepath.Join(pullOK(t, p, reg.Host+"/app:v1"), "f")); got != "sized" {
+		t.Errorf("f = %q", got)
+	}
+	if size, _ := layer.Size(); stats.bytes != size {
+		t.Errorf("read %d bytes of the blob, want its %d", stats.bytes, size)
+	}
+}

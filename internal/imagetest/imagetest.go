@@ -158,6 +158,7 @@ type Registry struct {
 	pass     string
 	blobGets map[string]int
 	corrupt  map[string]bool
+	pad      map[string]bool
 	stall    map[string]chan struct{}
 	down     bool
 
@@ -174,7 +175,7 @@ type Registry struct {
 // with a certificate for 127.0.0.1 (see CAPEM).
 func NewRegistry(t TB, useTLS bool) *Registry {
 	t.Helper()
-	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, stall: map[string]chan struct{}{}}
+	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, pad: map[string]bool{}, stall: map[string]chan struct{}{}}
 	r.gateCond = sync.NewCond(&r.mu)
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -198,6 +199,7 @@ func NewRegistry(t TB, useTLS bool) *Registry {
 			r.mu.Lock()
 			r.blobGets[d]++
 			bad := r.corrupt[d]
+			padded := r.pad[d]
 			stalled := r.stall[d]
 			delete(r.stall, d)
 			if r.gateWidth > 0 {
@@ -232,6 +234,15 @@ func NewRegistry(t TB, useTLS bool) *Registry {
 				w.(http.Flusher).Flush()
 				close(stalled)
 				<-req.Context().Done()
+				return
+			}
+			if padded {
+				// The blob, then a megabyte more than its size.
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, req)
+				w.WriteHeader(rec.Code)
+				w.Write(rec.Body.Bytes())
+				w.Write(make([]byte, 1<<20))
 				return
 			}
 			if bad {
@@ -284,6 +295,13 @@ func (r *Registry) SetDown(down bool) {
 func (r *Registry) Corrupt(d v1.Hash) {
 	r.mu.Lock()
 	r.corrupt[d.String()] = true
+	r.mu.Unlock()
+}
+
+// Pad makes blob d come with a megabyte of junk after it.
+func (r *Registry) Pad(d v1.Hash) {
+	r.mu.Lock()
+	r.pad[d.String()] = true
 	r.mu.Unlock()
 }
 

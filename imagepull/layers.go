@@ -30,7 +30,7 @@ import (
 // fetchLayer streams one image's layers: digest-checked, decrypted when
 // encrypted, decompressed.
 type fetchLayer struct {
-	src   types.ImageSource
+	src   *sharedSource
 	fetch Fetcher
 	image string
 }
@@ -334,9 +334,11 @@ func (s *layerStore) start(info types.BlobInfo, f *fetchLayer, counted *atomic.I
 	fl := &flight{done: make(chan struct{}), cancel: cancel}
 	s.inflight[info.Digest] = fl
 	s.wg.Add(1)
+	f.src.acquire()
 	go func() {
 		defer s.wg.Done()
 		defer cancel()
+		defer f.src.release()
 		err := s.unpack(wctx, info, f, counted)
 		s.hooks.run(s.hooks.beforeDone)
 		s.mu.Lock()

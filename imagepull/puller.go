@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.podman.io/image/v5/docker"
@@ -301,12 +302,15 @@ func (p *Puller) pullOne(ctx context.Context, e *env, named reference.Named, bun
 	if err != nil {
 		return "", &Error{Code: CodeInvalid, Msg: "image reference " + name, Err: err}
 	}
-	src, err := ref.NewImageSource(ctx, e.sys)
+	rawSrc, err := ref.NewImageSource(ctx, e.sys)
 	if err != nil {
 		return "", registryError(ctx, name, err)
 	}
-	defer src.Close()
-	unparsed := image.UnparsedInstance(src, nil)
+	// A download this pull starts may outlive it (another pull joined it),
+	// so the source closes when the last of them is done with it.
+	src := newSharedSource(rawSrc)
+	defer src.release()
+	unparsed := image.UnparsedInstance(src.ImageSource, nil)
 	mb, _, err := unparsed.Manifest(ctx)
 	if err != nil {
 		return "", registryError(ctx, name, err)
@@ -375,6 +379,26 @@ func registryError(ctx context.Context, name string, err error) error {
 		return &Error{Code: CodeDenied, Msg: name + ": the registry denied access", Err: err}
 	}
 	return &Error{Code: CodeUnavailable, Msg: name + ": registry", Err: err}
+}
+
+// sharedSource is an image source closed when its last user releases it.
+type sharedSource struct {
+	types.ImageSource
+	refs atomic.Int32
+}
+
+func newSharedSource(src types.ImageSource) *sharedSource {
+	s := &sharedSource{ImageSource: src}
+	s.refs.Store(1)
+	return s
+}
+
+func (s *sharedSource) acquire() { s.refs.Add(1) }
+
+func (s *sharedSource) release() {
+	if s.refs.Add(-1) == 0 {
+		_ = s.ImageSource.Close()
+	}
 }
 
 // budgeted bounds every fetch of a Fetcher.

@@ -91,5 +91,10 @@ func ParseCDH(name string, data []byte) (*CDHFile, []string, error) {
 	if f.Image, err = f.Image.withDefaults(name); err != nil {
 		return nil, nil, err
 	}
+	if f.Image.Proxy != nil {
+		for _, k := range f.Image.Proxy.unknown {
+			warns = append(warns, fmt.Sprintf("%s: unknown key %q ignored", name, "image.image_pull_proxy."+k))
+		}
+	}
 	return &f, warns, nil
 }

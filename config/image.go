@@ -3,6 +3,7 @@ package config
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
@@ -36,6 +37,9 @@ type Image struct {
 	Registries            *RegistriesConf `toml:"registry_config"`
 	ExtraRootCertificates []string        `toml:"extra_root_certificates"`
 	Proxy                 *ImageProxy     `toml:"image_pull_proxy"`
+	// SkipProxyIPs is the older guest-components' no_proxy, beside
+	// image_pull_proxy given as a string.
+	SkipProxyIPs string `toml:"skip_proxy_ips"`
 }
 
 // RegistriesConf is the subset of containers-registries.conf(5) that
@@ -60,17 +64,61 @@ type Mirror struct {
 	Insecure bool   `toml:"insecure,omitempty"`
 }
 
-// ImageProxy is [image.image_pull_proxy].
+// ImageProxy is [image.image_pull_proxy]. Older guest-components wrote
+// image_pull_proxy as one URL string (with skip_proxy_ips beside it); that
+// string is the proxy for both schemes.
 type ImageProxy struct {
 	HTTPSProxy string `toml:"https_proxy"`
 	HTTPProxy  string `toml:"http_proxy"`
 	NoProxy    string `toml:"no_proxy"`
+
+	unknown []string // keys of the table cdh-proxy does not know
+}
+
+// UnmarshalTOML takes the table (a [image.image_pull_proxy] section or an
+// inline table) or the older single URL string. Unknown keys in the table
+// are kept for ParseCDH to warn about, as everywhere in cdh.toml.
+func (p *ImageProxy) UnmarshalTOML(raw []byte) error {
+	var v struct{ V any }
+	if err := toml.Unmarshal(append([]byte("V = "), raw...), &v); err != nil {
+		// Not a value: the body of a [image.image_pull_proxy] section.
+		var body map[string]any
+		if err := toml.Unmarshal(raw, &body); err != nil {
+			return fmt.Errorf(`key "image.image_pull_proxy": %w`, err)
+		}
+		v.V = body
+	}
+	switch x := v.V.(type) {
+	case string:
+		*p = ImageProxy{HTTPSProxy: x, HTTPProxy: x}
+		return nil
+	case map[string]any:
+		*p = ImageProxy{}
+		for k, val := range x {
+			str, ok := val.(string)
+			dst := map[string]*string{"https_proxy": &p.HTTPSProxy, "http_proxy": &p.HTTPProxy, "no_proxy": &p.NoProxy}[k]
+			switch {
+			case dst == nil:
+				p.unknown = append(p.unknown, k)
+			case !ok:
+				return fmt.Errorf(`key "image.image_pull_proxy.%s": want a string, found %T`, k, val)
+			default:
+				*dst = str
+			}
+		}
+		slices.Sort(p.unknown)
+		return nil
+	}
+	return fmt.Errorf(`key "image.image_pull_proxy": want a table (https_proxy, http_proxy, no_proxy) or a proxy URL, found %T`, v.V)
 }
 
 // withDefaults fills what cdh.toml left out and checks what cannot work.
 func (im Image) withDefaults(name string) (Image, error) {
 	if im.WorkDir == "" {
 		im.WorkDir = DefaultImageWorkDir
+	}
+	if im.SkipProxyIPs != "" && im.Proxy != nil && im.Proxy.NoProxy == "" {
+		im.Proxy.NoProxy = im.SkipProxyIPs
 	}
 	if !strings.HasPrefix(im.WorkDir, "/") {
 		return im, fmt.Errorf("%s: [image] work_dir %q must be an absolute path", name, im.WorkDir)

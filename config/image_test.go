@@ -88,6 +88,27 @@ location = "mirror2.local"
 	}
 }
 
+// Older guest-components wrote the pull proxy as one URL and its
+// exceptions as skip_proxy_ips.
+func TestImageProxyOldForm(t *testing.T) {
+	f, _, err := ParseCDH("cdh.toml", []byte("[kbc]\nurl = \"https://kbs\"\n[image]\nimage_pull_proxy = \"http://proxy:3128\"\nskip_proxy_ips = \"10.0.0.1,registry.local\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &ImageProxy{HTTPSProxy: "http://proxy:3128", HTTPProxy: "http://proxy:3128", NoProxy: "10.0.0.1,registry.local"}
+	if !reflect.DeepEqual(f.Image.Proxy, want) {
+		t.Errorf("proxy %+v, want %+v", f.Image.Proxy, want)
+	}
+	_, warns, err := ParseCDH("cdh.toml", []byte("[kbc]\nurl = \"https://kbs\"\n[image.image_pull_proxy]\nhttps_proxy = \"http://p:1\"\nftp_proxy = \"x\"\n"))
+	if err != nil || !strings.Contains(strings.Join(warns, "\n"), "ftp_proxy") {
+		t.Errorf("unknown proxy key: %v %v, want a warning", warns, err)
+	}
+	f, _, err = ParseCDH("cdh.toml", []byte("[kbc]\nurl = \"https://kbs\"\n[image]\nimage_pull_proxy = { https_proxy = \"http://p:1\", no_proxy = \"a\" }\n"))
+	if err != nil || !reflect.DeepEqual(f.Image.Proxy, &ImageProxy{HTTPSProxy: "http://p:1", NoProxy: "a"}) {
+		t.Errorf("inline table: %+v %v", f.Image.Proxy, err)
+	}
+}
+
 func TestImageSectionErrors(t *testing.T) {
 	for name, body := range map[string]string{
 		"relative work_dir":   "work_dir = \"run/x\"",
@@ -96,7 +117,7 @@ func TestImageSectionErrors(t *testing.T) {
 		"plain path":          "registry_configuration_uri = \"/etc/registries.conf\"",
 		"registry without id": "[[image.registry_config.registry]]\ninsecure = true",
 		"mirror without loc":  "[[image.registry_config.registry]]\nlocation = \"a\"\n[[image.registry_config.registry.mirror]]\ninsecure = true",
-		"proxy as string":     "image_pull_proxy = \"http://p\"",
+		"proxy as a number":   "image_pull_proxy = 3",
 	} {
 		_, _, err := ParseCDH("cdh.toml", []byte("[kbc]\nurl = \"https://kbs\"\n[image]\n"+body+"\n"))
 		if err == nil || !strings.Contains(err.Error(), "cdh.toml") {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -135,8 +136,8 @@ func (im Image) withDefaults(name string) (Image, error) {
 		"authenticated_registry_credentials_uri": im.AuthURI,
 		"registry_configuration_uri":             im.RegistriesURI,
 	} {
-		if uri != "" && !strings.HasPrefix(uri, "kbs:///") && !strings.HasPrefix(uri, "file://") {
-			return im, fmt.Errorf("%s: [image] %s %q: want a kbs:/// or file:// URI", name, key, uri)
+		if err := checkImageURI(uri); uri != "" && err != nil {
+			return im, fmt.Errorf("%s: [image] %s %q: %w", name, key, uri, err)
 		}
 	}
 	if r := im.Registries; r != nil {
@@ -161,6 +162,15 @@ func (im Image) RegistriesTOML() ([]byte, error) {
 		return nil, nil
 	}
 	return toml.Marshal(im.Registries)
+}
+
+// checkImageURI accepts what [image] and its environment override may
+// point at: a KBS resource or a local file.
+func checkImageURI(uri string) error {
+	if !strings.HasPrefix(uri, "kbs:///") && !strings.HasPrefix(uri, "file://") {
+		return errors.New("want a kbs:/// or file:// URI")
+	}
+	return nil
 }
 
 // describe is one line for `cdh-proxy config`: where each part comes from,

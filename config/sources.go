@@ -84,8 +84,8 @@ func Load(f Flags, env Env) (*Config, error) {
 	c := merge(layers)
 	c.Warnings = append(warns, c.Warnings...)
 	if v, ok := env(EnvImageAuthURI); ok && v != "" {
-		if !strings.HasPrefix(v, "kbs:///") && !strings.HasPrefix(v, "file://") {
-			return nil, fmt.Errorf("%s %q: want a kbs:/// or file:// URI", EnvImageAuthURI, v)
+		if err := checkImageURI(v); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", EnvImageAuthURI, v, err)
 		}
 		c.Image.AuthURI = v
 		c.Sources["Image"] += " + " + EnvImageAuthURI

@@ -8,10 +8,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 
 	"go.podman.io/image/v5/signature"
@@ -148,7 +150,7 @@ func (p *Puller) buildEnv(ctx context.Context) (*env, error) {
 // writeConf writes files under conf/<hash of all of them>, once.
 func (p *Puller) writeConf(files map[string][]byte) (string, error) {
 	h := sha256.New()
-	for _, name := range sortedKeys(files) {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
 		fmt.Fprintf(h, "%s\x00%d\x00", name, len(files[name]))
 		h.Write(files[name])
 	}

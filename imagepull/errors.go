@@ -39,6 +39,11 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// noSpace reports a full disk or an exhausted quota.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
 // classify gives an untyped error from a library its code; typed errors
 // keep theirs.
 func classify(msg string, err error) error {
@@ -52,7 +57,7 @@ func classify(msg string, err error) error {
 			return err
 		}
 		return &Error{Code: e.Code, Msg: msg + ": " + e.Msg, Err: e.Err}
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+	case noSpace(err):
 		return &Error{Code: CodeExhausted, Msg: msg + ": no space left under the image work_dir or bundle", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &Error{Code: CodeDeadline, Msg: msg + ": deadline exceeded", Err: err}

@@ -85,7 +85,7 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 	if _, err := archive.Apply(ctx, root, tarStream, opts...); err != nil {
 		// A damaged blob usually breaks the decompressor first; say what
 		// really happened when the digest confirms it.
-		if ctx.Err() == nil && codeOf(classify("", err)) != CodeExhausted {
+		if ctx.Err() == nil && !noSpace(err) {
 			if _, derr := io.Copy(io.Discard, onlyReader{raw}); derr == nil && !outer.Verified() {
 				return &Error{Code: CodeInvalid, Msg: what + ": content does not match its digest"}
 			}
@@ -107,14 +107,6 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 		return &Error{Code: CodeInvalid, Msg: what + ": decrypted content does not match its digest"}
 	}
 	return nil
-}
-
-func codeOf(err error) Code {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return CodeInternal
 }
 
 // onlyReader hides WriteTo, so io.Copy drains with plain reads.
@@ -283,6 +275,7 @@ func (s *layerStore) ensureAll(ctx context.Context, infos []types.BlobInfo, para
 // starts its own.
 func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
 	final := s.path(info.Digest)
+	gaveUp := func() error { return classify(f.image+" layer "+info.Digest.String(), ctx.Err()) }
 	for {
 		if _, err := os.Stat(final); err == nil {
 			return nil
@@ -302,7 +295,7 @@ func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLa
 			case <-fl.done:
 				continue
 			case <-ctx.Done():
-				return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
+				return gaveUp()
 			}
 		case !ok:
 			// A download that finished since the look above renamed the
@@ -323,7 +316,7 @@ func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLa
 			return fl.err
 		case <-ctx.Done():
 			s.leave(fl)
-			return classify(f.image+" layer "+info.Digest.String(), ctx.Err())
+			return gaveUp()
 		}
 	}
 }

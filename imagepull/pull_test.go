@@ -60,6 +60,15 @@ func testConfig(t *testing.T) Config {
 	return Config{WorkDir: t.TempDir(), MaxConcurrentLayerDownloads: 3}
 }
 
+// codeOf is err's Code; CodeInternal for an untyped error.
+func codeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
 // forRegistry is testConfig letting reg's plain HTTP in.
 func forRegistry(t *testing.T, reg *imagetest.Registry) Config {
 	cfg := testConfig(t)

@@ -16,10 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -412,5 +410,3 @@ func (b budgeted) Fetch(ctx context.Context, uri string) ([]byte, error) {
 	defer cancel()
 	return b.f.Fetch(ctx, uri)
 }
-
-func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

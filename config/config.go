@@ -28,6 +28,10 @@ const (
 	DefaultBudget        = 30 * time.Second
 	EnvKBCParams         = "AA_KBC_PARAMS"
 	EnvSkipSealedVerify  = "SKIP_SEALED_SECRET_VERIFICATION"
+	// EnvSampleAttesterTest is guest-components' switch for test guests
+	// without a TEE: set (to anything), auto-detection that finds no TEE
+	// falls back to the sample attester instead of failing.
+	EnvSampleAttesterTest = "AA_SAMPLE_ATTESTER_TEST"
 	DefaultCDHSocket     = "unix:///run/confidential-containers/cdh.sock"
 	DefaultAASocket      = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
 )
@@ -45,6 +49,9 @@ type Config struct {
 	CachePlugins  []string
 	KBSCerts      [][]byte // extra PEM roots for the KBS connection
 	Attester      string   // auto | tdx | snp | az-snp-vtpm | az-tdx-vtpm | sample
+	// SampleFallback: with Attester auto and no TEE, use the sample
+	// attester (AA_SAMPLE_ATTESTER_TEST, test guests only).
+	SampleFallback bool
 	KeyAlgorithm  string   // kbsclient.ParseKeyAlgorithm names
 	Bind          string
 	CacheTTL      time.Duration

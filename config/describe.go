@@ -52,6 +52,7 @@ func (c *Config) Describe() []Setting {
 		{"kbs-failback", "KBSFailback", dur(c.KBSFailback)},
 		{"kbs-cert", "KBSCerts", orNone(strings.Join(certs, ", "))},
 		{"attester", "Attester", c.Attester},
+		{"sample-fallback", "SampleFallback", strconv.FormatBool(c.SampleFallback)},
 		{"tee-key-alg", "KeyAlgorithm", orNone(c.KeyAlgorithm)},
 		{"initdata", "InitData", initData},
 		{"bind", "Bind", c.Bind},

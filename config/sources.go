@@ -265,6 +265,10 @@ func fromEnv(env Env) (layer, error) {
 		l.c.KBSURLs = []string{u}
 		l.from("KBSURLs", EnvKBCParams)
 	}
+	if _, ok := env(EnvSampleAttesterTest); ok {
+		l.c.SampleFallback = true
+		l.from("SampleFallback", EnvSampleAttesterTest)
+	}
 	if v, ok := env(EnvSkipSealedVerify); ok && strings.EqualFold(v, "true") {
 		l.c.SkipSealedSecretVerification = true
 		l.from("SkipSealedSecretVerification", EnvSkipSealedVerify)

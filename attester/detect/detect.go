@@ -1,7 +1,9 @@
 // Package detect finds the TEE this guest runs on and builds its attester:
 // configfs-tsm first (TDX or SEV-SNP by its provider), then an Azure CVM's
 // vTPM (its HCL report names SNP or TDX), then the TDX and SEV-SNP device
-// nodes. The sample attester is only ever built when asked for by name.
+// nodes. The sample attester is only ever built when asked for by name, or
+// when no TEE is found and the environment asks for that fallback
+// (AA_SAMPLE_ATTESTER_TEST, as guest-components' test guests set it).
 package detect
 
 import (
@@ -38,6 +40,10 @@ type Env struct {
 	Azure azure.Options
 	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20); 0 means 2.
 	AzureEvidenceVersion int
+	// SampleFallback makes auto fall back to the sample attester when no
+	// TEE is found, as guest-components does in a guest whose launcher
+	// sets AA_SAMPLE_ATTESTER_TEST (test guests without a TEE).
+	SampleFallback bool
 }
 
 // ErrNoTEE means neither TDX nor SEV-SNP was found.
@@ -113,6 +119,13 @@ func New(ctx context.Context, name string, env Env) (attester.Attester, error) {
 	}
 	f, err := Detect(ctx, env)
 	if err != nil {
+		// Only when nothing at all was found: a vTPM that is there but
+		// unusable is a fault to report, not a test guest.
+		if name == "auto" && env.SampleFallback && err == ErrNoTEE { //nolint:errorlint // exact: nothing found
+
+			log.Warn("no TEE found: sample attester selected because AA_SAMPLE_ATTESTER_TEST is set; a production KBS will not trust its evidence")
+			return sample.Attester{}, nil
+		}
 		if name == "auto" {
 			return nil, fmt.Errorf("%w; for development against a test KBS pass --attester sample", err)
 		}

@@ -101,6 +101,22 @@ func TestNew(t *testing.T) {
 	if _, err := New(context.Background(), "auto", Env{TSM: noTSM, DevDir: devDir(t)}); err == nil || !strings.Contains(err.Error(), "--attester sample") {
 		t.Fatalf("auto without TEE: %v", err)
 	}
+	// AA_SAMPLE_ATTESTER_TEST: a test guest without a TEE falls back to
+	// sample, with a warning; a TEE still wins, and a broken vTPM is still
+	// reported.
+	logs.Reset()
+	if s, err := New(context.Background(), "auto", Env{TSM: noTSM, DevDir: devDir(t), Logger: log, SampleFallback: true}); err != nil || s.Tee() != "sample" {
+		t.Fatalf("auto without TEE, sample fallback: %v %v", s, err)
+	}
+	if !strings.Contains(logs.String(), "AA_SAMPLE_ATTESTER_TEST") {
+		t.Fatalf("sample fallback not logged: %s", logs.String())
+	}
+	if a, err := New(context.Background(), "auto", Env{TSM: tdxHW.ConfigFS(), DevDir: devDir(t), SampleFallback: true}); err != nil || a.Tee() != "tdx" {
+		t.Fatalf("auto on TDX with sample fallback: %v %v", a, err)
+	}
+	if _, err := New(context.Background(), "auto", Env{TSM: noTSM, DevDir: devDir(t), Azure: azure.Options{TPM: t.TempDir()}, SampleFallback: true}); !errors.Is(err, ErrNoTEE) {
+		t.Fatalf("unusable TPM with sample fallback: %v", err)
+	}
 	if _, err := New(context.Background(), "snp", Env{TSM: tdxHW.ConfigFS(), DevDir: devDir(t)}); err == nil || !strings.Contains(err.Error(), "this guest is tdx") {
 		t.Fatalf("snp on TDX: %v", err)
 	}

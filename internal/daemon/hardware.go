@@ -33,7 +33,7 @@ func (hw Hardware) env(cfg *config.Config, log *slog.Logger) detect.Env {
 	env := detect.Env{
 		TSM: hw.TSM, DevDir: hw.DevDir, Logger: log, TDXEventLog: cfg.TDXEventLog,
 		Azure:                azure.Options{TPM: cfg.TPM, IMDS: cfg.AzureIMDS},
-		AzureEvidenceVersion: cfg.AzureEvidenceVersion,
+		AzureEvidenceVersion: cfg.AzureEvidenceVersion, SampleFallback: cfg.SampleFallback,
 	}
 	if env.Azure.TPM == "" {
 		env.Azure.TPM = hw.TPM

@@ -32,8 +32,8 @@ const (
 	// without a TEE: set (to anything), auto-detection that finds no TEE
 	// falls back to the sample attester instead of failing.
 	EnvSampleAttesterTest = "AA_SAMPLE_ATTESTER_TEST"
-	DefaultCDHSocket     = "unix:///run/confidential-containers/cdh.sock"
-	DefaultAASocket      = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+	DefaultCDHSocket      = "unix:///run/confidential-containers/cdh.sock"
+	DefaultAASocket       = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
 )
 
 // Config is the merged configuration.
@@ -46,27 +46,27 @@ type Config struct {
 	// KBSFailback is how long a failed endpoint is passed over; 0 = default.
 	KBSFailback time.Duration
 	// CachePlugins names KBS plugins whose answers are cached like resources.
-	CachePlugins  []string
-	KBSCerts      [][]byte // extra PEM roots for the KBS connection
-	Attester      string   // auto | tdx | snp | az-snp-vtpm | az-tdx-vtpm | sample
+	CachePlugins []string
+	KBSCerts     [][]byte // extra PEM roots for the KBS connection
+	Attester     string   // auto | tdx | snp | az-snp-vtpm | az-tdx-vtpm | sample
 	// SampleFallback: with Attester auto and no TEE, use the sample
 	// attester (AA_SAMPLE_ATTESTER_TEST, test guests only).
 	SampleFallback bool
-	KeyAlgorithm  string   // kbsclient.ParseKeyAlgorithm names
-	Bind          string
-	CacheTTL      time.Duration
-	CacheMaxByte  int64
-	CacheMaxItem  int64
-	StaleIfError  time.Duration // serve the last good copy this long past its TTL when the KBS fails
-	RequireHeader string        // HTTP requests must carry this header (anti-SSRF); "" = off
-	MetricsBind   string        // extra listener serving only /metrics; "" = none
-	Budget        time.Duration
-	LogLevel      string
-	LogFormat     string        // text | json
-	Features      core.Features // ASR --features route groups
-	TDXEventLog   string        // CCEL path sent as cc_eventlog; "" sends null
-	TPM           string        // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
-	AzureIMDS     string        // Azure metadata service base URL; "" = http://169.254.169.254
+	KeyAlgorithm   string // kbsclient.ParseKeyAlgorithm names
+	Bind           string
+	CacheTTL       time.Duration
+	CacheMaxByte   int64
+	CacheMaxItem   int64
+	StaleIfError   time.Duration // serve the last good copy this long past its TTL when the KBS fails
+	RequireHeader  string        // HTTP requests must carry this header (anti-SSRF); "" = off
+	MetricsBind    string        // extra listener serving only /metrics; "" = none
+	Budget         time.Duration
+	LogLevel       string
+	LogFormat      string        // text | json
+	Features       core.Features // ASR --features route groups
+	TDXEventLog    string        // CCEL path sent as cc_eventlog; "" sends null
+	TPM            string        // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
+	AzureIMDS      string        // Azure metadata service base URL; "" = http://169.254.169.254
 	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20).
 	AzureEvidenceVersion int
 	InitDataPath         string // "" when none
@@ -127,6 +127,12 @@ type Flags struct {
 	// from the host-bound initdata; "" → DefaultInitDataDir, "-" → none.
 	// Files found there are used when the matching option is not given.
 	InitDataDir string
+	// Component is set by a drop-in personality ("aa" or "cdh"): it reads
+	// only its own component's file from InitDataDir, as guest-components'
+	// processes do. Otherwise an attestation-agent process would take its
+	// KBS from initdata's cdh.toml (which outranks aa.toml) instead of
+	// aa.toml's [token_configs.kbs].
+	Component string
 }
 
 // Env reads an environment variable; os.LookupEnv in main, a map in tests.

@@ -327,6 +327,19 @@ func TestInitDataDirFiles(t *testing.T) {
 	if c, err := Load(Flags{InitDataDir: dir, ConfigFile: other, Cmdline: "-"}, env(nil)); err != nil || c.KBSURL != "https://explicit" {
 		t.Fatalf("explicit -c: %v %v", c, err)
 	}
+	// Each drop-in reads only its own component's file (and initdata):
+	// the attestation-agent process takes aa.toml's KBS even though
+	// cdh.toml, which outranks it, is in the directory (found in the
+	// guest test bed).
+	if err := os.WriteFile(filepath.Join(dir, "aa.toml"), []byte("[token_configs.kbs]\nurl = \"https://aa-own\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for comp, want := range map[string]string{"aa": "https://aa-own", "cdh": "https://from-initdata"} {
+		c, err := Load(Flags{InitDataDir: dir, Cmdline: "-", Component: comp}, env(nil))
+		if err != nil || c.KBSURL != want || len(c.InitData) == 0 {
+			t.Fatalf("%s drop-in: %v %v, want KBS %s and the initdata", comp, c, err, want)
+		}
+	}
 }
 
 func TestAzureSettings(t *testing.T) {

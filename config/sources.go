@@ -142,9 +142,13 @@ func discoverFiles(f Flags) (Flags, map[string]string) {
 	}
 	dir := cmp.Or(f.InitDataDir, DefaultInitDataDir)
 	for _, d := range []struct {
-		dst  *string
-		name string
-	}{{&f.ConfigFile, "cdh.toml"}, {&f.AAConfigFile, "aa.toml"}, {&f.InitData, "initdata.toml"}} {
+		dst       *string
+		name      string
+		component string
+	}{{&f.ConfigFile, "cdh.toml", "cdh"}, {&f.AAConfigFile, "aa.toml", "aa"}, {&f.InitData, "initdata.toml", ""}} {
+		if f.Component != "" && d.component != "" && d.component != f.Component {
+			continue
+		}
 		if *d.dst == "" {
 			if p := filepath.Join(dir, d.name); fileExists(p) {
 				*d.dst = p

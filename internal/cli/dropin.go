@@ -23,7 +23,7 @@ import (
 func cdhMain(args []string, stderr io.Writer, p Process) int {
 	fs := flag.NewFlagSet("confidential-data-hub", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	f := &config.Flags{}
+	f := &config.Flags{Component: "cdh"}
 	fs.StringVar(&f.ConfigFile, "c", "", "cdh.toml")
 	attesterFlag(fs, f)
 	if code, ok := parse(fs, args); !ok {
@@ -45,7 +45,7 @@ func cdhMain(args []string, stderr io.Writer, p Process) int {
 func aaMain(args []string, stderr io.Writer, p Process) int {
 	fs := flag.NewFlagSet("attestation-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	f := &config.Flags{}
+	f := &config.Flags{Component: "aa"}
 	sock := config.DefaultAASocket
 	fs.StringVar(&sock, "attestation_sock", sock, "AA ttrpc socket (unix:// URI)")
 	fs.StringVar(&sock, "a", sock, "alias of --attestation_sock")

@@ -174,14 +174,14 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		}
 		images := imagepull.New(icfg, secrets, imagepull.Options{Logger: log, Observer: m, FetchBudget: cfg.Budget})
 		d.closers = append(d.closers, images.Close)
-		if err := d.socket("cdh", cfg.CDHSocket, kbsList, att.Tee(), func(s *ttrpc.Server) error {
+		if err := d.socket("cdh", cfg.CDHSocket, cfg, att.Tee(), func(s *ttrpc.Server) error {
 			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log})
 		}); err != nil {
 			return nil, err
 		}
 	}
 	if parts.AA {
-		if err := d.socket("aa", cfg.AASocket, kbsList, att.Tee(), func(s *ttrpc.Server) error {
+		if err := d.socket("aa", cfg.AASocket, cfg, att.Tee(), func(s *ttrpc.Server) error {
 			return ttrpcapi.RegisterAA(s, ttrpcapi.AAConfig{Tee: att.Tee(), Evidence: att.Evidence, Token: kbs.Token, Budget: cfg.Budget})
 		}); err != nil {
 			return nil, err
@@ -191,13 +191,20 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		return nil, ConfigError{errors.New("nothing to serve")}
 	}
 	sweep := max(cfg.CacheTTL, time.Second)
-	d.tasks = append(d.tasks,
-		Task{"cache-sweeper", func(ctx context.Context) error { return c.Run(ctx, sweep) }},
-		// Attest in the background at start so the first request does not
-		// pay for it; a failure is logged by the client and retried on use.
-		Task{"startup-attestation", func(ctx context.Context) error { _ = kbs.Attest(ctx); return nil }},
-		Task{"credentials", writer.Run},
-	)
+	d.tasks = append(d.tasks, Task{"cache-sweeper", func(ctx context.Context) error { return c.Run(ctx, sweep) }})
+	if parts.HTTP {
+		// The sidecar attests in the background at start so the first
+		// request does not pay for it; a failure is logged by the client
+		// and retried on use. The drop-in processes do not: kata starts
+		// them in every pod, most pods never ask for a secret, and each
+		// attestation costs the KBS a verifier run. The CDH process
+		// attests before its first request only when [[credentials]] give
+		// it something to fetch (the writer's fetch attests), the AA
+		// process only when asked for a token; guest-components attests
+		// no more.
+		d.tasks = append(d.tasks, Task{"startup-attestation", func(ctx context.Context) error { _ = kbs.Attest(ctx); return nil }})
+	}
+	d.tasks = append(d.tasks, Task{"credentials", writer.Run})
 	return d, nil
 }
 
@@ -210,7 +217,7 @@ func (d *Daemon) listen(addr, what string) (net.Listener, error) {
 	return ln, nil
 }
 
-func (d *Daemon) socket(name, uri, kbs, tee string, register func(*ttrpc.Server) error) error {
+func (d *Daemon) socket(name, uri string, cfg *config.Config, tee string, register func(*ttrpc.Server) error) error {
 	srv, err := ttrpcapi.NewServer()
 	if err != nil {
 		return err
@@ -223,7 +230,7 @@ func (d *Daemon) socket(name, uri, kbs, tee string, register func(*ttrpc.Server)
 		return fmt.Errorf("%s socket: %w", name, err)
 	}
 	d.closers = append(d.closers, func() { ln.Close() })
-	d.log.Info("serving ttrpc", "api", name, "socket", uri, "kbs", kbs, "attester", tee)
+	d.log.Info("serving ttrpc", "api", name, "socket", uri, "kbs", strings.Join(cfg.KBSURLs, ","), "kbs_url_from", cfg.KBSURLSource, "attester", tee)
 	d.tasks = append(d.tasks, Task{name + "-ttrpc", func(ctx context.Context) error { return ttrpcapi.Serve(ctx, ln, srv, DrainTimeout) }})
 	return nil
 }

@@ -11,8 +11,10 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
@@ -130,5 +132,79 @@ func TestRunTasksFirstErrorStopsTheRest(t *testing.T) {
 	case <-stopped:
 	default:
 		t.Fatal("RunTasks returned before every task stopped")
+	}
+}
+
+// The drop-in processes attest only when something needs a token: the
+// CDH process when a request (or a [[credentials]] entry) needs a secret,
+// the AA process when asked for a token. Only the sidecar (HTTP) attests
+// ahead of its first request.
+func TestDropInsAttestOnlyWhenAsked(t *testing.T) {
+	store := kbs.LocalFsStore{Dir: t.TempDir()}
+	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := kbs.New(kbs.Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	dir, err := os.MkdirTemp("", "dmn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := "unix://" + filepath.Join(dir, "s.sock")
+	load := func() *config.Config {
+		cfg, err := config.Load(config.Flags{KBSURLs: []string{ts.URL}, Attester: "sample", Cmdline: "-", InitDataDir: "-",
+			CDHSocket: &sock, AASocket: &sock}, func(string) (string, bool) { return "", false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	for _, c := range []struct {
+		name  string
+		parts Parts
+		creds bool
+		want  []string
+	}{
+		{"confidential-data-hub", Parts{CDH: true}, false, []string{"cdh-ttrpc", "cache-sweeper", "credentials"}},
+		{"attestation-agent", Parts{AA: true}, false, []string{"aa-ttrpc", "cache-sweeper", "credentials"}},
+		{"serve", Parts{HTTP: true}, false, []string{"http", "cache-sweeper", "startup-attestation", "credentials"}},
+	} {
+		cfg := load()
+		d, err := New(context.Background(), cfg, c.parts, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(d.Tasks(), c.want) {
+			t.Errorf("%s: tasks %q, want %q", c.name, d.Tasks(), c.want)
+		}
+		d.close()
+	}
+
+	// A CDH process with [[credentials]] attests once, to fetch them.
+	cfg := load()
+	cfg.Credentials = []config.Credential{{ResourceURI: "kbs:///default/akv/coco_one", Path: filepath.Join(dir, "cred")}}
+	cfg.CredDir = dir
+	d, err := New(context.Background(), cfg, Parts{CDH: true}, Options{Notify: func(string) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	testutil.Eventually(t, 20*time.Second, "the credential", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "cred"))
+		return string(b) == "a secret"
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Counts().Attest; n != 1 {
+		t.Fatalf("%d attestations for one credential, want 1", n)
 	}
 }

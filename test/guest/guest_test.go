@@ -1,0 +1,314 @@
+// Package guest runs the drop-ins in a real Linux guest (test/guestvm):
+// Debian's kernel under QEMU, started by a kata-agent stand-in exactly as
+// kata-agent starts them, reaching the host's test KBS and registry through
+// QEMU's user-mode network (10.0.2.2 is the host's loopback). Each test is
+// one boot; the checks of a boot share it, since a boot under software
+// emulation costs seconds.
+package guest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
+	"github.com/cdh-proxy/cdh-proxy/sealed"
+	"github.com/cdh-proxy/cdh-proxy/test/guestvm"
+	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+)
+
+// The guest sees the host's loopback here.
+const hostFromGuest = "10.0.2.2"
+
+var bed = sync.OnceValues(func() (*guestvm.Options, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	base, err := guestvm.BuildBase(ctx, os.Getenv("CDH_GUEST_CACHE"), func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) })
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "cdh-guest-test-")
+	if err != nil {
+		return nil, err
+	}
+	project, err := guestvm.BuildProject(ctx, "../..", dir)
+	if err != nil {
+		return nil, err
+	}
+	return &guestvm.Options{Base: base, Project: project}, nil
+})
+
+// boot runs script in the guest with sh, stdout and stderr (the drop-ins'
+// logs, the kernel's and the init's lines) captured.
+func boot(t *testing.T, o guestvm.Options, script string) (res *guestvm.Result, stdout, stderr string) {
+	t.Helper()
+	b, err := bed()
+	if err != nil {
+		t.Fatalf("guest test bed: %v", err)
+	}
+	o.Base, o.Project = b.Base, b.Project
+	f := filepath.Join(t.TempDir(), "check.sh")
+	if err := os.WriteFile(f, []byte("set -e\n"+script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o.Files = append(o.Files, guestvm.File{Host: f, Guest: "/root/check.sh"})
+	o.Command = []string{"sh", "/root/check.sh"}
+	var out, errs syncBuffer
+	o.Stdout, o.Stderr = &out, &errs
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err = guestvm.Run(ctx, o)
+	t.Logf("guest stdout:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("guest: %v\n%s", err, errs.String())
+	}
+	t.Logf("boot to drop-ins ready %s, whole run %s", res.Boot.Round(time.Millisecond), res.Total.Round(time.Millisecond))
+	if res.Exit != 0 {
+		t.Fatalf("guest check exited %d; stderr and logs:\n%s", res.Exit, errs.String())
+	}
+	// Stopping is clean: each drop-in exits 0 on SIGTERM.
+	for _, n := range []string{"attestation-agent", "confidential-data-hub", "api-server-rest"} {
+		if code, ok := res.DropIns[n]; !ok || code != 0 {
+			t.Errorf("%s: exit status %d after SIGTERM (reported: %v), want 0\n%s", n, code, ok, errs.String())
+		}
+	}
+	return res, out.String(), errs.String()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testKBS is a strict test KBS on the host's loopback, and its URL as the
+// guest reaches it.
+type testKBS struct {
+	*kbs.Server
+	Store      kbs.Store
+	GuestURL   string
+	sealedFile string // a sealed secret for the file-secret resource
+}
+
+func newKBS(t *testing.T) *testKBS {
+	t.Helper()
+	store := kbs.LocalFsStore{Dir: t.TempDir()}
+	for _, r := range []struct{ typ, tag, v string }{
+		{"akv", "coco_one", "a secret"}, {"akv", "coco_two", "another secret"}, {"sealed-secret", "file-secret", "-----tls key-----"},
+	} {
+		if err := store.Write("default", r.typ, r.tag, []byte(r.v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwk, err := jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ES256"}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Write("default", "signing-key", "sealed-secret", jwk); err != nil {
+		t.Fatal(err)
+	}
+	sealedFile, err := sealed.Seal(sealed.Vault("kbs:///default/sealed-secret/file-secret"), "kbs:///default/signing-key/sealed-secret", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := kbs.New(kbs.Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	port := ts.URL[strings.LastIndex(ts.URL, ":")+1:]
+	return &testKBS{Server: srv, Store: store, GuestURL: "http://" + hostFromGuest + ":" + port, sealedFile: sealedFile}
+}
+
+// noSecrets fails when any of the values appears in the guest's logs.
+func noSecrets(t *testing.T, logs string, values ...string) {
+	t.Helper()
+	if !strings.Contains(logs, "[confidential-data-hub] ") || !strings.Contains(logs, "[attestation-agent] ") || !strings.Contains(logs, "[api-server-rest] ") {
+		t.Fatalf("the drop-ins' logs are missing from the guest's output:\n%s", logs)
+	}
+	for _, v := range values {
+		if strings.Contains(logs, v) {
+			t.Errorf("a secret value (%d bytes) appears in the guest's logs", len(v))
+		}
+	}
+}
+
+// A workload and kata-agent in a guest, with the KBS from the kernel
+// command line and no initdata: the workload's curl, kata's GetResource
+// and UnsealSecret, one attestation for all of them, nothing secret in
+// the logs, a clean stop. The drop-ins' memory is read in the guest.
+func TestGuestResources(t *testing.T) {
+	k := newKBS(t)
+	script := `
+echo "http: $(wget -qO- http://127.0.0.1:8006/cdh/resource/default/akv/coco_one)"
+echo "ttrpc: $(kata-ttrpc get-resource kbs:///default/akv/coco_two)"
+echo "unseal: $(kata-ttrpc unseal-secret "$SEALED")"
+# A missing resource is NotFound on both faces, not a hang.
+code=$(wget -S -qO- http://127.0.0.1:8006/cdh/resource/default/akv/nope 2>&1 | sed -n 's/^ *HTTP\/1.1 \([0-9]*\).*/\1/p' | head -1)
+echo "missing: http ${code:-none}"
+kata-ttrpc get-resource kbs:///default/akv/nope 2>&1 | sed 's/^/missing: /' || true
+for n in ATTESTATION_AGENT CONFIDENTIAL_DATA_HUB API_SERVER_REST; do
+	eval pid=\$CDH_GUEST_PID_$n
+	awk -v n=$n '/^(Rss|Pss|Pss_Anon|Pss_File):/ {printf "mem %s %s %s\n", n, $1, $2}' /proc/$pid/smaps_rollup
+done
+grep -c . /proc/mounts >/dev/null
+`
+	res, out, logs := boot(t, guestvm.Options{
+		Cmdline: "agent.aa_kbc_params=cc_kbc::" + k.GuestURL,
+		Env:     []string{"SEALED=" + k.sealedFile},
+	}, script)
+	for _, want := range []string{
+		"http: a secret\n", "ttrpc: another secret\n", "unseal: -----tls key-----\n",
+		"missing: http 404\n", "missing: kata-ttrpc get-resource: NotFound",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("guest output lacks %q", want)
+		}
+	}
+	if !strings.Contains(logs, "kbs="+k.GuestURL+" kbs_url_from=\"/proc/cmdline agent.aa_kbc_params\"") {
+		t.Errorf("the drop-ins did not take the KBS from the kernel command line:\n%s", logs)
+	}
+	// The AA process never attested (nobody asked it for a token); the
+	// CDH process attested once for all of its requests.
+	if n := k.Counts().Attest; n != 1 {
+		t.Errorf("%d attestations in the guest's life, want 1", n)
+	}
+	noSecrets(t, logs, "a secret", "another secret", "-----tls key-----")
+	mem := map[string]map[string]int{}
+	for _, l := range strings.Split(out, "\n") {
+		var name, field string
+		var kb int
+		if _, err := fmt.Sscanf(l, "mem %s %s %d", &name, &field, &kb); err == nil {
+			if mem[name] == nil {
+				mem[name] = map[string]int{}
+			}
+			mem[name][strings.TrimSuffix(field, ":")] = kb
+		}
+	}
+	if len(mem) != 3 {
+		t.Fatalf("memory of %d drop-ins read, want 3", len(mem))
+	}
+	var rss, pss, anon, file int
+	for name, m := range mem {
+		t.Logf("%-22s Rss %5d kB  Pss %5d kB (anon %5d, file %5d)", name, m["Rss"], m["Pss"], m["Pss_Anon"], m["Pss_File"])
+		rss, pss, anon, file = rss+m["Rss"], pss+m["Pss"], anon+m["Pss_Anon"], file+m["Pss_File"]
+	}
+	t.Logf("trio: VmRSS %.1f MiB, PSS %.1f MiB (anon %.1f / file %.1f); boot %s", mib(rss), mib(pss), mib(anon), mib(file), res.Boot.Round(time.Millisecond))
+}
+
+func mib(kb int) float64 { return float64(kb) / 1024 }
+
+// kata's initdata in a guest: cdh.toml (the KBS, [[credentials]], the
+// registry and signature policy for guest pull) and aa.toml (the AA's own
+// KBS) are honoured; an image from the host's registry is pulled into a
+// kata bundle under /run/kata-containers, its rootfs an overlay on tmpfs;
+// the AA attests only when asked for a token.
+func TestGuestInitDataAndImagePull(t *testing.T) {
+	k, aaKBS := newKBS(t), newKBS(t)
+	reg := imagetest.NewRegistry(t, false)
+	port := reg.Host[strings.LastIndex(reg.Host, ":")+1:]
+	regGuest := hostFromGuest + ":" + port
+	reg.Push(t, "app:v1", imagetest.Image(t,
+		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "base layer\n"}, imagetest.Entry{Name: "bin/hello", Body: "from the guest pull\n"}),
+		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "top layer wins\n"})))
+	reg.Push(t, "denied/app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "x", Body: "x"})))
+	policy := fmt.Sprintf(`{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"%s/denied":[{"type":"reject"}]}}}`, regGuest)
+	cdhToml := fmt.Sprintf(`socket = "unix:///run/confidential-containers/cdh.sock"
+[kbc]
+name = "cc_kbc"
+url = "%s"
+[[credentials]]
+resource_uri = "kbs:///default/akv/coco_two"
+path = "/run/confidential-containers/cdh/kbs/cred"
+[image]
+image_security_policy = '%s'
+[[image.registry_config.registry]]
+location = "%s"
+insecure = true
+`, k.GuestURL, policy, regGuest)
+	aaToml := fmt.Sprintf("[token_configs.kbs]\nurl = %q\n", aaKBS.GuestURL)
+	initdata := filepath.Join(t.TempDir(), "initdata.toml")
+	if err := os.WriteFile(initdata, []byte(fmt.Sprintf("version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = '''\n%s'''\n\"cdh.toml\" = '''\n%s'''\n", aaToml, cdhToml)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	beforeToken := ^uint64(0)
+	script := fmt.Sprintf(`
+ls /run/confidential-containers/initdata
+echo "credential: $(cat /run/confidential-containers/cdh/kbs/cred)"
+bundle=/run/kata-containers/c0ffee
+mkdir -p $bundle
+echo "pulled: $(kata-ttrpc pull-image %[1]s/app:v1 $bundle)"
+echo "motd: $(cat $bundle/rootfs/etc/motd)"
+echo "hello: $(cat $bundle/rootfs/bin/hello)"
+awk '$2 == "/run/kata-containers/c0ffee/rootfs" {print "rootfs-mount:", $3}' /proc/mounts
+awk '$2 == "/run" {print "run-mount:", $3}' /proc/mounts
+mkdir /run/kata-containers/denied
+kata-ttrpc pull-image %[1]s/denied/app:v1 /run/kata-containers/denied 2>&1 | sed 's/^/denied: /' || true
+echo before-token
+echo "token: $(kata-ttrpc get-token | wc -c)"
+`, regGuest)
+	_, out, logs := boot(t, guestvm.Options{
+		InitData: initdata,
+		Cmdline:  "agent.aa_kbc_params=cc_kbc::http://" + hostFromGuest + ":1", // initdata's configuration wins
+		Line: func(kind, text string) {
+			if kind == guestvm.KindStdout && text == "before-token" {
+				beforeToken = aaKBS.Counts().Attest
+			}
+		},
+	}, script)
+	for _, want := range []string{
+		"aa.toml\ncdh.toml\ninitdata.toml\n",
+		"credential: another secret\n",
+		"pulled: sha256:", "motd: top layer wins\n", "hello: from the guest pull\n",
+		"rootfs-mount: overlay\n", "run-mount: tmpfs\n",
+		"denied: kata-ttrpc pull-image: PermissionDenied",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("guest output lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "token: 0\n") || !strings.Contains(out, "token: ") {
+		t.Errorf("no token from the AA")
+	}
+	// The AA's KBS (aa.toml) saw no attestation until the token was asked
+	// for, then one; the CDH's KBS (cdh.toml) one for the credential and
+	// the pull.
+	if beforeToken != 0 {
+		t.Errorf("the AA attested %d times before anyone asked it for a token, want 0", beforeToken)
+	}
+	if n := aaKBS.Counts().Attest; n != 1 {
+		t.Errorf("the AA's KBS saw %d attestations, want 1", n)
+	}
+	if n := k.Counts().Attest; n != 1 {
+		t.Errorf("the CDH's KBS saw %d attestations, want 1", n)
+	}
+	noSecrets(t, logs, "another secret")
+}

@@ -34,11 +34,15 @@ test: lint test-tools
 	$(MAKE) bench-short
 	$(MAKE) verify-deploy
 
-## test-tools: what the tests need beyond Go: swtpm (the Azure vTPM tests) and
-## systemd-analyze (verify-deploy), from Debian; fails loudly if it cannot.
+## test-tools: what the tests need beyond Go: swtpm (the Azure vTPM tests),
+## systemd-analyze (verify-deploy) and qemu-system-x86 (the guest tests,
+## test/guest), from Debian; fails loudly if it cannot. The guest's kernel,
+## busybox and cryptsetup are fetched by the guest tests themselves
+## (apt-get download, cached in ~/.cache/cdh-proxy/guest).
 test-tools:
 	./scripts/need.sh swtpm swtpm swtpm-tools
 	./scripts/need.sh systemd-analyze systemd
+	./scripts/need.sh qemu-system-x86_64 qemu-system-x86
 
 lint: vet fmt
 

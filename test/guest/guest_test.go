@@ -177,9 +177,10 @@ echo "missing: http ${code:-none}"
 kata-ttrpc get-resource kbs:///default/akv/nope 2>&1 | sed 's/^/missing: /' || true
 for n in ATTESTATION_AGENT CONFIDENTIAL_DATA_HUB API_SERVER_REST; do
 	eval pid=\$CDH_GUEST_PID_$n
+	awk -v n=$n '/^THP_enabled:/ {printf "thp %s %s\n", n, $2}' /proc/$pid/status
 	awk -v n=$n '/^(Rss|Pss|Pss_Anon|Pss_File|Pss_Shmem):/ {printf "mem %s %s %s\n", n, $1, $2}' /proc/$pid/smaps_rollup
 done
-grep -c . /proc/mounts >/dev/null
+echo "thp-mode: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 `
 	res, out, logs := boot(t, guestvm.Options{
 		Cmdline: "agent.aa_kbc_params=cc_kbc::" + k.GuestURL,
@@ -202,6 +203,16 @@ grep -c . /proc/mounts >/dev/null
 		t.Errorf("%d attestations in the guest's life, want 1", n)
 	}
 	noSecrets(t, logs, "a secret", "another secret", "-----tls key-----")
+	// Debian's guest kernel runs THP "always"; each drop-in restarted
+	// itself with huge pages off (cli.noHugePages).
+	if !strings.Contains(out, "thp-mode: [always]") {
+		t.Errorf("the guest kernel's THP mode is not \"always\"; the huge-page check means nothing")
+	}
+	for _, n := range []string{"ATTESTATION_AGENT", "CONFIDENTIAL_DATA_HUB", "API_SERVER_REST"} {
+		if !strings.Contains(out, "thp "+n+" 0\n") {
+			t.Errorf("%s runs with transparent huge pages on", n)
+		}
+	}
 	mem := map[string]map[string]int{}
 	for _, l := range strings.Split(out, "\n") {
 		var name, field string

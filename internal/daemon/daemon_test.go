@@ -18,7 +18,8 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
-func testConfig(t *testing.T, f config.Flags) *config.Config {
+// testKBS is a test KBS holding default/akv/coco_one, and its URL.
+func testKBS(t *testing.T) (*kbs.Server, string) {
 	t.Helper()
 	store := kbs.LocalFsStore{Dir: t.TempDir()}
 	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
@@ -30,7 +31,13 @@ func testConfig(t *testing.T, f config.Flags) *config.Config {
 	}
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)
-	f.KBSURLs = []string{ts.URL}
+	return srv, ts.URL
+}
+
+func testConfig(t *testing.T, f config.Flags) *config.Config {
+	t.Helper()
+	_, url := testKBS(t)
+	f.KBSURLs = []string{url}
 	f.Attester = "sample"
 	if f.Bind == "" {
 		f.Bind = "127.0.0.1:0"
@@ -140,16 +147,7 @@ func TestRunTasksFirstErrorStopsTheRest(t *testing.T) {
 // the AA process when asked for a token. Only the sidecar (HTTP) attests
 // ahead of its first request.
 func TestDropInsAttestOnlyWhenAsked(t *testing.T) {
-	store := kbs.LocalFsStore{Dir: t.TempDir()}
-	if err := store.Write("default", "akv", "coco_one", []byte("a secret")); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := kbs.New(kbs.Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(srv)
-	t.Cleanup(ts.Close)
+	srv, url := testKBS(t)
 	dir, err := os.MkdirTemp("", "dmn")
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +155,7 @@ func TestDropInsAttestOnlyWhenAsked(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := "unix://" + filepath.Join(dir, "s.sock")
 	load := func() *config.Config {
-		cfg, err := config.Load(config.Flags{KBSURLs: []string{ts.URL}, Attester: "sample", Cmdline: "-", InitDataDir: "-",
+		cfg, err := config.Load(config.Flags{KBSURLs: []string{url}, Attester: "sample", Cmdline: "-", InitDataDir: "-",
 			CDHSocket: &sock, AASocket: &sock}, func(string) (string, bool) { return "", false })
 		if err != nil {
 			t.Fatal(err)

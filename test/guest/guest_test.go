@@ -7,7 +7,6 @@
 package guest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +26,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/sealed"
 	"github.com/cdh-proxy/cdh-proxy/test/guestvm"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
 
 // The guest sees the host's loopback here.
@@ -65,7 +65,7 @@ func boot(t *testing.T, o guestvm.Options, script string) (res *guestvm.Result, 
 	}
 	o.Files = append(o.Files, guestvm.File{Host: f, Guest: "/root/check.sh"})
 	o.Command = []string{"sh", "/root/check.sh"}
-	var out, errs syncBuffer
+	var out, errs proc.Buffer
 	o.Stdout, o.Stderr = &out, &errs
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -85,23 +85,6 @@ func boot(t *testing.T, o guestvm.Options, script string) (res *guestvm.Result, 
 		}
 	}
 	return res, out.String(), errs.String()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // testKBS is a strict test KBS on the host's loopback, and its URL as the

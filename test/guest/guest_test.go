@@ -11,6 +11,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -308,4 +309,32 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 		t.Errorf("the CDH's KBS saw %d attestations, want 1", n)
 	}
 	noSecrets(t, logs, "another secret")
+}
+
+// A run stopped from outside (the script's --timeout, Ctrl-C, a test's
+// deadline) kills qemu at once: Run returns the context's error while the
+// guest's command would still run for ten minutes.
+func TestGuestStoppedRunKillsQEMU(t *testing.T) {
+	b, err := bed()
+	if err != nil {
+		t.Fatalf("guest test bed: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs proc.Buffer
+	o := guestvm.Options{
+		Base: b.Base, Project: b.Project, Cmdline: "agent.aa_kbc_params=cc_kbc::http://" + hostFromGuest + ":1",
+		Command: []string{"sleep", "600"}, Stdout: &logs, Stderr: &logs,
+		// Stopped as soon as the guest's init speaks: the kill does not
+		// depend on how far the guest got, and the boot costs less.
+		Line: func(kind, text string) {
+			if kind == guestvm.KindConsole && strings.HasPrefix(text, "guest-init: ") {
+				cancel()
+			}
+		},
+	}
+	_, err = guestvm.Run(ctx, o)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "qemu killed") {
+		t.Fatalf("Run: %v, want the context's error and qemu killed\n%s", err, logs.String())
+	}
 }

@@ -148,7 +148,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		i := strings.Index(line, prefix)
 		if i < 0 {
 			fmt.Fprintln(o.Stderr, line)
-			o.line("console", line)
+			o.line(KindConsole, line)
 			continue
 		}
 		if i > 0 { // a kernel message without its newline, then ours

@@ -36,4 +36,7 @@ const (
 	KindDropIn = "dropin" // "<name> <exit status>" of a stopped drop-in
 	KindReady  = "ready"  // every drop-in socket is up; the command starts
 	KindFailed = "failed" // the init could not run the command: the reason
+	// KindConsole is, for Options.Line only, any other console line: the
+	// kernel's, the init's, the drop-ins' logs.
+	KindConsole = "console"
 )

@@ -81,15 +81,17 @@ done
 	if res.Exit != 0 {
 		return fmt.Errorf("P7: the guest script exited %d", res.Exit)
 	}
-	mib := func(kb int) string { return fmt.Sprintf("%.1f MiB", float64(kb)/1024) }
+	mib := func(kb int) string { return fmt.Sprintf("%.1f", float64(kb)/1024) }
 	b.printf("## P7 — drop-in trio in a guest\n\n")
 	b.printf("The guest test bed (test/guestvm: Debian's %s kernel under QEMU, software emulation, 2 vCPUs, 1 GiB) with the three drop-in names started as kata-agent starts them, KBS from the kernel command line, no initdata. Attestations counted by the test KBS once the drop-ins are up (plus 3 s) and after the first `curl` of a secret; memory summed over the three processes from `/proc/<pid>/smaps_rollup` in the guest after it. The binary sits in the initramfs, so its pages count as shmem there (the file column). Boot to drop-ins ready: %s; whole run: %s.\n\n",
 		base.Release, res.Boot.Round(time.Millisecond), res.Total.Round(time.Millisecond))
 	b.printf("| | attestations at start / after the first secret | VmRSS | PSS (anon / file) |\n|---|---|---|---|\n")
 	b.printf("| guest-components v0.21 (issue 20's measurement with a real Trustee; not re-run here) | 0 / 1 | 39.3 MiB | 33.7 MiB (6.0 / 27.7) |\n")
 	b.printf("| cdh-proxy trio before issue 20 (issue 20's measurement) | 2 / 2 | 67.0 MiB | 33.3 MiB (17.9 / 15.4) |\n")
-	b.printf("| cdh-proxy trio before issue 20, this test bed (commit 2b1df85, `go test -v -run TestGuestResources ./test/guest`) | 2 / 2 | 58.3 MiB | 33.4 MiB (19.9 / 13.5) |\n")
-	b.printf("| **cdh-proxy trio, this run** | %d / %d | %s | %s (%s / %s) |\n\n", atStart, afterFirst,
+	// Measured by this part, copied onto each commit's checkout.
+	b.printf("| cdh-proxy trio before issue 20, this test bed (commit 2b1df85) | 2 / 2 | 59.3 MiB | 33.7 MiB (19.8 / 13.9) |\n")
+	b.printf("| cdh-proxy trio with the attestation fix, before the huge-page fix (commit 24317bb) | 0 / 1 | 56.8 MiB | 31.8 MiB (17.9 / 13.9) |\n")
+	b.printf("| **cdh-proxy trio, this run** | %d / %d | %s MiB | %s MiB (%s / %s) |\n\n", atStart, afterFirst,
 		mib(mem["Rss"]), mib(mem["Pss"]), mib(mem["Pss_Anon"]), mib(mem["Pss_File"]+mem["Pss_Shmem"]))
 	b.guestPSS, b.guestAttest = float64(mem["Pss"])/1024, afterFirst
 	return nil

@@ -189,7 +189,7 @@ func aptOutput(ctx context.Context, name string, args ...string) (string, error)
 		return string(out), nil
 	}
 	out, err := run()
-	if err == nil && !strings.Contains(out, "(none)") && strings.TrimSpace(out) != "" {
+	if err == nil && !strings.Contains(out, "Candidate: (none)") && strings.TrimSpace(out) != "" {
 		return out, nil
 	}
 	if upd := exec.CommandContext(ctx, "apt-get", "update"); upd.Run() != nil {

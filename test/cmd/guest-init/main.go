@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,10 +77,11 @@ type dropIn struct {
 }
 
 type initProc struct {
-	mu    sync.Mutex // one writer of the console at a time
-	con   io.Writer
-	spec  guestvm.Spec
-	procs []*dropIn
+	mu       sync.Mutex // one writer of the console at a time
+	con      io.Writer
+	spec     guestvm.Spec
+	procs    []*dropIn
+	stopping atomic.Bool // set before the drop-ins are sent SIGTERM
 }
 
 func (in *initProc) println(s string) {
@@ -347,6 +349,9 @@ func (in *initProc) spawn(name, path string, args, env []string) error {
 			in.println("[" + name + "] " + sc.Text())
 		}
 		d.code = exitCode(cmd.Wait())
+		if !in.stopping.Load() {
+			in.logf("%s exited on its own with status %d", name, d.code)
+		}
 		close(d.done)
 	}()
 	return nil
@@ -421,6 +426,7 @@ func (in *initProc) relay(r io.Reader, kind string) {
 // stop sends SIGTERM to each drop-in, last started first, and reports
 // each exit status; one that does not stop within 20 s is killed.
 func (in *initProc) stop() {
+	in.stopping.Store(true)
 	for i := len(in.procs) - 1; i >= 0; i-- {
 		d := in.procs[i]
 		d.cmd.Process.Signal(syscall.SIGTERM)

@@ -1,8 +1,8 @@
 // Package ttrpcapi is the ttrpc front end kata-agent calls: the Confidential
-// Data Hub services (GetResource, UnsealSecret, PullImage and the key
-// provider's UnWrapKey; SecureMount answers Unimplemented) and the
+// Data Hub services (GetResource, UnsealSecret, PullImage, the key
+// provider's UnWrapKey and SecureMount) and the
 // Attestation Agent service, served on unix sockets. Statuses come from
-// core.Classify and, for image pull, from imagepull's error codes.
+// core.Classify and, for image pull and SecureMount, from their error codes.
 package ttrpcapi
 
 import (
@@ -40,13 +40,14 @@ type Images interface {
 type CDHConfig struct {
 	Secrets Secrets       // required: the same cache and token as HTTP
 	Images  Images        // nil: PullImage and the key provider answer Unimplemented
+	Mounts  Mounts        // nil: SecureMount answers Unimplemented
 	Budget  time.Duration // per call but PullImage; zero → DefaultBudget
 	Logger  *slog.Logger
 }
 
 // RegisterCDH registers GetResource, UnsealSecret, PullImage, the key
-// provider, and SecureMount, which cdh-proxy does not implement and which
-// answers Unimplemented at once rather than hang a container start.
+// provider and SecureMount; a service left nil in cfg answers
+// Unimplemented at once rather than hang a container start.
 func RegisterCDH(srv *ttrpc.Server, cfg CDHConfig) error {
 	if cfg.Secrets == nil {
 		return errors.New("ttrpcapi: CDH Secrets is required")
@@ -60,7 +61,11 @@ func RegisterCDH(srv *ttrpc.Server, cfg CDHConfig) error {
 	s := &cdhService{cfg: cfg, log: cfg.Logger.With("component", "cdh-ttrpc")}
 	cdh.RegisterGetResourceServiceService(srv, s)
 	cdh.RegisterSealedSecretServiceService(srv, s)
-	cdh.RegisterSecureMountServiceService(srv, unimplemented{})
+	if cfg.Mounts != nil {
+		cdh.RegisterSecureMountServiceService(srv, &mountService{mounts: cfg.Mounts, log: s.log})
+	} else {
+		cdh.RegisterSecureMountServiceService(srv, unimplemented{})
+	}
 	if cfg.Images != nil {
 		im := &imageService{images: cfg.Images, budget: cfg.Budget, log: s.log}
 		cdh.RegisterImagePullServiceService(srv, im)
@@ -104,7 +109,7 @@ func (s *cdhService) UnsealSecret(ctx context.Context, in *cdh.UnsealSecretInput
 type unimplemented struct{}
 
 func unimpl(what string) error {
-	return status.Errorf(codes.Unimplemented, "%s is not implemented by cdh-proxy (only GetResource and UnsealSecret are)", what)
+	return status.Errorf(codes.Unimplemented, "%s is not served by this process", what)
 }
 
 func (unimplemented) SecureMount(context.Context, *cdh.SecureMountRequest) (*cdh.SecureMountResponse, error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
+	"github.com/cdh-proxy/cdh-proxy/securemount"
 )
 
 // DrainTimeout bounds how long in-flight requests may finish after stop.
@@ -175,7 +176,8 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		images := imagepull.New(icfg, secrets, imagepull.Options{Logger: log, Observer: m, FetchBudget: cfg.Budget})
 		d.closers = append(d.closers, images.Close)
 		if err := d.socket("cdh", cfg.CDHSocket, cfg, att.Tee(), func(s *ttrpc.Server) error {
-			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log})
+			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log,
+				Mounts: securemount.New(securemount.Config{Keys: secrets, Logger: log.With("component", "securemount")})})
 		}); err != nil {
 			return nil, err
 		}

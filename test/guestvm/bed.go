@@ -34,11 +34,13 @@ const builderVersion = "guestvm-base-3"
 // (resolved from modules.dep) are in: networking and disks over virtio,
 // configfs (configfs-tsm's mount point), overlayfs (image rootfs),
 // device-mapper with dm-crypt and dm-integrity (SecureMount), ext4, and the
-// kernel crypto API cryptsetup uses.
+// kernel crypto API dm-crypt and cryptsetup use (xts(aes) needs ecb;
+// dm-crypt over dm-integrity needs authenc). The guest has no modprobe:
+// a module the kernel would request on demand must be in this list.
 var guestModules = []string{
 	"virtio_pci", "virtio_net", "virtio_blk", "configfs", "overlay",
 	"dm_mod", "dm_crypt", "dm_integrity", "ext4", "crc32c_generic",
-	"xts", "algif_skcipher", "algif_hash",
+	"xts", "ecb", "authenc", "algif_skcipher", "algif_hash", "algif_aead",
 }
 
 // The Debian packages fetched and unpacked for the image.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -18,6 +19,7 @@ const clientUsage = `usage: kata-ttrpc get-resource kbs:///repo/type/tag
        kata-ttrpc unseal-secret SEALED
        kata-ttrpc pull-image IMAGE BUNDLE
        kata-ttrpc get-token [kbs]
+       kata-ttrpc secure-mount VOLUME_TYPE MOUNT_POINT KEY=VALUE...
 `
 
 // client is kata-ttrpc: the calls kata-agent makes on the CDH socket (and
@@ -67,6 +69,13 @@ func client(args []string) int {
 		var r *aa.GetTokenResponse
 		r, err = aa.NewAttestationAgentServiceClient(c).GetToken(ctx, &aa.GetTokenRequest{TokenType: typ})
 		out = r.GetToken()
+	case args[0] == "secure-mount" && len(args) >= 3:
+		opts := map[string]string{}
+		for _, kv := range args[3:] {
+			k, v, _ := strings.Cut(kv, "=")
+			opts[k] = v
+		}
+		_, err = cdh.NewSecureMountServiceClient(c).SecureMount(ctx, &cdh.SecureMountRequest{VolumeType: args[1], MountPoint: args[2], Options: opts})
 	default:
 		fmt.Fprint(os.Stderr, clientUsage)
 		return 2

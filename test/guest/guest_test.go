@@ -61,7 +61,13 @@ func boot(t *testing.T, o guestvm.Options, script string) (res *guestvm.Result, 
 	}
 	o.Base, o.Project = b.Base, b.Project
 	f := filepath.Join(t.TempDir(), "check.sh")
-	if err := os.WriteFile(f, []byte("set -e\n"+script), 0o755); err != nil {
+	prelude := "set -e\n"
+	// The script's commands on stderr, for debugging: the secrets it
+	// handles then show there, and the no-secrets check fails.
+	if os.Getenv("CDH_GUEST_TRACE") != "" {
+		prelude += "PS4='+ $(cut -d\" \" -f1 /proc/uptime) '\nset -x\n"
+	}
+	if err := os.WriteFile(f, []byte(prelude+script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	o.Files = append(o.Files, guestvm.File{Host: f, Guest: "/root/check.sh"})
@@ -72,6 +78,9 @@ func boot(t *testing.T, o guestvm.Options, script string) (res *guestvm.Result, 
 	defer cancel()
 	res, err = guestvm.Run(ctx, o)
 	t.Logf("guest stdout:\n%s", out.String())
+	if os.Getenv("CDH_GUEST_TRACE") != "" {
+		t.Logf("guest stderr and logs:\n%s", errs.String())
+	}
 	if err != nil {
 		t.Fatalf("guest: %v\n%s", err, errs.String())
 	}
@@ -225,12 +234,20 @@ echo "thp-mode: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 func mib(kb int) float64 { return float64(kb) / 1024 }
 
 // kata's initdata in a guest: cdh.toml (the KBS, [[credentials]], the
-// registry and signature policy for guest pull) and aa.toml (the AA's own
-// KBS) are honoured; an image from the host's registry is pulled into a
-// kata bundle under /run/kata-containers, its rootfs an overlay on tmpfs;
-// the AA attests only when asked for a token.
-func TestGuestInitDataAndImagePull(t *testing.T) {
+// registry, signature policy and work_dir for guest pull) and aa.toml (the
+// AA's own KBS) are honoured. SecureMount sets up kata's trusted image
+// store on /dev/trusted_store, and an image from the host's registry is
+// pulled with its layers there and its rootfs an overlay in a kata bundle
+// on tmpfs. SecureMount's other cases run on their own disks: an ephemeral
+// volume with dm-integrity, a failure rolled back and retried, existing
+// volumes opened with a KBS key and a file key, a small disk, kata's older
+// dialect. The AA attests only when asked for a token.
+func TestGuestInitDataSecureMountAndImagePull(t *testing.T) {
 	k, aaKBS := newKBS(t), newKBS(t)
+	const diskKey = "disk passphrase from the KBS"
+	if err := k.Store.Write("default", "disk", "key", []byte(diskKey)); err != nil {
+		t.Fatal(err)
+	}
 	reg := imagetest.NewRegistry(t, false)
 	port := reg.Host[strings.LastIndex(reg.Host, ":")+1:]
 	regGuest := hostFromGuest + ":" + port
@@ -247,6 +264,7 @@ url = "%s"
 resource_uri = "kbs:///default/akv/coco_two"
 path = "/run/confidential-containers/cdh/kbs/cred"
 [image]
+work_dir = "/run/kata-containers/image"
 image_security_policy = '%s'
 [[image.registry_config.registry]]
 location = "%s"
@@ -261,11 +279,71 @@ insecure = true
 	script := fmt.Sprintf(`
 ls /run/confidential-containers/initdata
 echo "credential: $(cat /run/confidential-containers/cdh/kbs/cred)"
+devid() { echo $((0x$(stat -L -c %%t $1))):$((0x$(stat -L -c %%T $1))); }
+volumes() { echo "mappers=$(ls /dev/mapper | grep -vc control) headers=$(ls /run/confidential-containers/cdh/luks-headers | wc -l)"; }
+
+# kata's trusted image store (kata >= 3.28's map), and kata's repeat of it
+# for the next container.
+mkdir -p /run/kata-containers/image/
+store() { kata-ttrpc secure-mount block-device /run/kata-containers/image/ deviceId=$(devid /dev/trusted_store) sourceType=empty targetType=fileSystem filesystemType=ext4 "mkfsOpts=-E lazy_journal_init" encryptionType=luks2 dataIntegrity=false; }
+store
+awk '$2 == "/run/kata-containers/image" {print "store-mount:", substr($1, 1, 12), $3, $4}' /proc/mounts
+echo kept > /run/kata-containers/image/kept
+store && echo "store-repeat: $(cat /run/kata-containers/image/kept)"
+
+# An ephemeral volume (kata's map) with dm-integrity.
+mkdir -p /run/kata-containers/eph
+kata-ttrpc secure-mount block-device /run/kata-containers/eph deviceId=$(devid /dev/eph) sourceType=empty targetType=fileSystem filesystemType=ext4 "mkfsOpts=-O ^has_journal -m 0 -i 163840 -I 128" encryptionType=luks2 dataIntegrity=true
+eph=$(awk '$2 == "/run/kata-containers/eph" {print $1}' /proc/mounts)
+echo "eph-mount: $(awk '$2 == "/run/kata-containers/eph" {print $3, $4}' /proc/mounts)"
+echo "eph-dif: $(integritysetup status ${eph#/dev/mapper/}_dif | grep -o 'journal: .*')"
+cryptsetup luksDump /run/confidential-containers/cdh/luks-headers/$(printf /dev/%%s $(readlink /dev/eph | sed 's,.*/,,') | base64 | tr '+/' '-_' | tr -d '=').header | awk -F: '/^[ \t]*(PBKDF|Cipher|Cipher key|integrity|sector):/ {gsub(/^[ \t]+|[ \t]+$/, "", $1); gsub(/^[ \t]+/, "", $2); print "eph-luks:", $1, $2}'
+cryptsetup isLuks /dev/eph || echo "eph-device: no LUKS header on the disk"
+echo "eph-root: $(stat -c '%%U %%a' /run/kata-containers/eph) $(ls /run/kata-containers/eph)"
+for i in 1 2 3 4; do dd if=/dev/urandom of=/run/kata-containers/eph/f$i bs=1M count=2 2>/dev/null & done; wait
+sha256sum /run/kata-containers/eph/f* > /root/sums; sync; echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c /root/sums >/dev/null && echo "eph-data: read back"
+
+# A failure rolls back everything; the corrected retry succeeds.
+before=$(volumes)
+mkdir -p /run/vol-bad
+kata-ttrpc secure-mount block-device /run/vol-bad deviceId=$(devid /dev/bad) sourceType=empty targetType=fileSystem "mkfsOpts=-b 999" encryptionType=luks2 dataIntegrity=true 2>&1 | sed 's/^/bad: /' || true
+[ "$(volumes)" = "$before" ] && ! grep -q /run/vol-bad /proc/mounts && echo "bad-rollback: nothing left"
+kata-ttrpc secure-mount block-device /run/vol-bad deviceId=$(devid /dev/bad) sourceType=empty targetType=fileSystem encryptionType=luks2 dataIntegrity=true && echo "bad-retry: $(awk '$2 == "/run/vol-bad" {print $3}' /proc/mounts)"
+
+# An existing volume (its header on the disk), key from the KBS.
+printf %%s "$DISK_KEY" > /root/prep-key
+cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file /root/prep-key /dev/enc
+cryptsetup open --key-file /root/prep-key /dev/enc prep
+mkfs.ext4 -q /dev/mapper/prep && mkdir -p /mnt/p && mount /dev/mapper/prep /mnt/p && echo from-the-host > /mnt/p/marker && umount /mnt/p
+cryptsetup close prep; rm /root/prep-key
+mkdir -p /run/vol-enc
+kata-ttrpc secure-mount block-device /run/vol-enc devicePath=/dev/enc sourceType=encrypted targetType=fileSystem encryptionType=luks2 key=kbs:///default/disk/key
+echo "enc-marker: $(cat /run/vol-enc/marker)"
+
+# An existing volume linked as a device, file key, named mapper.
+printf 'a file key' > /root/link-key
+cryptsetup luksFormat --batch-mode --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file /root/link-key /dev/link
+kata-ttrpc secure-mount block-device /run/vol-link devicePath=/dev/link sourceType=encrypted targetType=device encryptionType=luks2 key=file:///root/link-key mapperName=m1
+echo "link: $(readlink /run/vol-link) $(stat -L -c %%F /run/vol-link)"
+
+# 64 MiB with integrity: one block group, no superblock backups.
+mkdir -p /run/vol-small
+kata-ttrpc secure-mount block-device /run/vol-small deviceId=$(devid /dev/small) sourceType=empty targetType=fileSystem encryptionType=luks2 dataIntegrity=true && echo "small: $(awk '$2 == "/run/vol-small" {print $3}' /proc/mounts)"
+
+# kata 3.8-3.27's dialect.
+kata-ttrpc secure-mount BlockDevice /run/vol-legacy deviceId=$(devid /dev/legacy) encryptType=LUKS dataIntegrity=false && echo "legacy: $(awk '$2 == "/run/vol-legacy" {print $3}' /proc/mounts)"
+
+echo "aead-errors: $(dmesg | grep -ci 'AEAD\|I/O error')"
+# No key in a file on the guest's own file systems (not the volumes).
+echo "key-files: $(find /run /tmp /var /root -xdev -type f -size -1024k | xargs grep -l "$DISK_KEY" | wc -l) of $(find /run /tmp /var /root -xdev -type f | wc -l)"
+
 bundle=/run/kata-containers/c0ffee
 mkdir -p $bundle
 echo "pulled: $(kata-ttrpc pull-image %[1]s/app:v1 $bundle)"
 echo "motd: $(cat $bundle/rootfs/etc/motd)"
 echo "hello: $(cat $bundle/rootfs/bin/hello)"
+[ "$(stat -c %%d /run/kata-containers/image/layers)" = "$(stat -c %%d /run/kata-containers/image)" ] && [ "$(stat -c %%d /run/kata-containers/image)" != "$(stat -c %%d /run)" ] && echo "layers: on the trusted store"
 awk '$2 == "/run/kata-containers/c0ffee/rootfs" {print "rootfs-mount:", $3}' /proc/mounts
 awk '$2 == "/run" {print "run-mount:", $3}' /proc/mounts
 mkdir /run/kata-containers/denied
@@ -275,7 +353,10 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 `, regGuest)
 	_, out, logs := boot(t, guestvm.Options{
 		InitData: initdata,
-		Cmdline:  "agent.aa_kbc_params=cc_kbc::http://" + hostFromGuest + ":1", // initdata's configuration wins
+		Env:      []string{"DISK_KEY=" + diskKey},
+		Disks: []guestvm.Disk{{Name: "trusted_store", Size: 512 << 20}, {Name: "eph", Size: 256 << 20}, {Name: "bad", Size: 128 << 20},
+			{Name: "enc", Size: 128 << 20}, {Name: "link", Size: 64 << 20}, {Name: "small", Size: 64 << 20}, {Name: "legacy", Size: 128 << 20}},
+		Cmdline: "agent.aa_kbc_params=cc_kbc::http://" + hostFromGuest + ":1", // initdata's configuration wins
 		Line: func(kind, text string) {
 			if kind == guestvm.KindStdout && text == "before-token" {
 				beforeToken = aaKBS.Counts().Attest
@@ -288,6 +369,13 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 		"pulled: sha256:", "motd: top layer wins\n", "hello: from the guest pull\n",
 		"rootfs-mount: overlay\n", "run-mount: tmpfs\n",
 		"denied: kata-ttrpc pull-image: PermissionDenied",
+		"store-mount: /dev/mapper/ ext4 rw,noatime\n", "store-repeat: kept\n", "layers: on the trusted store\n",
+		"eph-mount: ext4 rw,noatime\n", "eph-dif: journal: not active\n",
+		"eph-luks: PBKDF pbkdf2\n", "eph-luks: Cipher aes-xts-plain64\n", "eph-luks: Cipher key 512 bits\n", "eph-luks: integrity hmac(sha256)\n", "eph-luks: sector 4096 [bytes]\n",
+		"eph-device: no LUKS header on the disk\n", "eph-root: root 755 lost+found\n", "eph-data: read back\n",
+		"bad: kata-ttrpc secure-mount: Internal: SecureMount: mkfs.ext4", "bad-rollback: nothing left\n", "bad-retry: ext4\n",
+		"enc-marker: from-the-host\n", "link: /dev/mapper/m1 block special file\n", "small: ext4\n", "legacy: ext4\n",
+		"aead-errors: 0\n", "key-files: 0 of ",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("guest output lacks %q", want)
@@ -308,7 +396,7 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 	if n := k.Counts().Attest; n != 1 {
 		t.Errorf("the CDH's KBS saw %d attestations, want 1", n)
 	}
-	noSecrets(t, logs, "another secret")
+	noSecrets(t, logs, "another secret", diskKey, "a file key")
 }
 
 // A run stopped from outside (the script's --timeout, Ctrl-C, a test's

@@ -28,7 +28,7 @@ import (
 
 // builderVersion changes whenever the base image's layout changes, so a
 // cache built by an older layout is not reused.
-const builderVersion = "guestvm-base-4"
+const builderVersion = "guestvm-base-5"
 
 // Modules the guest loads, in this order once their dependencies
 // (resolved from modules.dep) are in: networking and disks over virtio,
@@ -85,7 +85,7 @@ func BuildBase(ctx context.Context, cacheDir string, log func(string, ...any)) (
 	if err != nil {
 		return nil, err
 	}
-	installed, err := installedVersions(ctx, "e2fsprogs", "libc6", "libcryptsetup12")
+	installed, err := installedVersions(ctx, "e2fsprogs", "libc6", "libcryptsetup12", "libgcc-s1")
 	if err != nil {
 		return nil, err
 	}
@@ -278,6 +278,12 @@ func (b *Base) build(ctx context.Context, tmp, kpkg string) error {
 			return err
 		}
 	}
+	// glibc loads libgcc_s at a thread's exit (dlopen, so no binary names
+	// it): without it cryptsetup's Argon2id threads abort.
+	if err := neededLibs(filepath.Join(root, "sbin", "cryptsetup"), libDirs, libs); err != nil {
+		return err
+	}
+	libs["libgcc_s.so.1"] = "/lib/x86_64-linux-gnu/libgcc_s.so.1"
 	for _, name := range slices.Sorted(maps.Keys(libs)) {
 		a.copyFile("lib/x86_64-linux-gnu/"+name, libs[name])
 	}

@@ -63,7 +63,7 @@ func main() {
 	flag.StringVar(&b.baseBin, "baseline", "bin/baseline", "baseline server binary")
 	out := flag.String("out", "", "write the Markdown report here (default stdout)")
 	noWrk := flag.Bool("no-wrk", false, "use the in-repo Go load generator even if wrk is installed")
-	flag.StringVar(&b.only, "only", "", "run only these parts, comma-separated (p1,p2,p3,p5,p6,p7,go); the goals table needs all")
+	flag.StringVar(&b.only, "only", "", "run only these parts, comma-separated (p1,p2,p3,p5,p6,p7,p8,go); the goals table needs all")
 	flag.Parse()
 	_, err := exec.LookPath("wrk")
 	b.useWrk = err == nil && !*noWrk
@@ -90,7 +90,7 @@ func (b *bench) run() error {
 	parts := []struct {
 		name string
 		run  func() error
-	}{{"p1", b.p1}, {"p2", b.p2}, {"p3", b.p3}, {"p5", b.p5}, {"p6", b.p6}, {"p7", b.p7}, {"go", b.goBenchmarks}}
+	}{{"p1", b.p1}, {"p2", b.p2}, {"p3", b.p3}, {"p5", b.p5}, {"p6", b.p6}, {"p7", b.p7}, {"p8", b.p8}, {"go", b.goBenchmarks}}
 	for _, part := range parts {
 		if b.only != "" && !slices.Contains(strings.Split(b.only, ","), part.name) {
 			continue

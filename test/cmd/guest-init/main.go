@@ -45,7 +45,7 @@ const (
 	asrPath       = "/usr/local/bin/api-server-rest"
 	ocicryptPath  = "/etc/ocicrypt_config.json"
 	initDataDir   = "/run/confidential-containers/initdata"
-	launchTimeout = 6 // agent.launch_process_timeout, seconds
+	launchTimeout = 6 // agent.launch_process_timeout's default, seconds
 	restAPI       = "resource"
 	agentPath     = "/bin:/sbin/:/usr/bin/:/usr/sbin/"
 )
@@ -77,11 +77,12 @@ type dropIn struct {
 }
 
 type initProc struct {
-	mu       sync.Mutex // one writer of the console at a time
-	con      io.Writer
-	spec     guestvm.Spec
-	procs    []*dropIn
-	stopping atomic.Bool // set before the drop-ins are sent SIGTERM
+	launchTimeout int        // agent.launch_process_timeout, seconds
+	mu            sync.Mutex // one writer of the console at a time
+	con           io.Writer
+	spec          guestvm.Spec
+	procs         []*dropIn
+	stopping      atomic.Bool // set before the drop-ins are sent SIGTERM
 }
 
 func (in *initProc) println(s string) {
@@ -109,6 +110,7 @@ func (in *initProc) run() int {
 		in.logf("reading %s: %v", guestvm.SpecPath, err)
 		return 125
 	}
+	in.launchTimeout = launchTimeout
 	if err := in.setup(); err != nil {
 		in.mark(guestvm.KindFailed, err.Error())
 		return 125
@@ -143,6 +145,20 @@ func (in *initProc) setup() error {
 	}
 	if err := loadModules(); err != nil {
 		return err
+	}
+	// kata-agent takes agent.* options from the kernel command line; the
+	// socket wait's is the one the test bed honours (a slow emulator on a
+	// busy machine may want more than kata's 6 s).
+	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil {
+		for _, tok := range strings.Fields(string(cmdline)) {
+			if v, ok := strings.CutPrefix(tok, "agent.launch_process_timeout="); ok {
+				n, err := strconv.Atoi(v)
+				if err != nil || n <= 0 {
+					return fmt.Errorf("agent.launch_process_timeout=%q: want a number of seconds", v)
+				}
+				in.launchTimeout = n
+			}
+		}
 	}
 	if err := unix.Mount("configfs", "/sys/kernel/config", "configfs", 0, ""); err != nil {
 		return fmt.Errorf("mount configfs: %w", err)
@@ -307,14 +323,15 @@ func (in *initProc) launch() error {
 			return err
 		}
 		if p.socket != "" {
-			if err := waitSocketAsKata(p.socket); err != nil {
+			if err := waitSocketAsKata(p.socket, in.launchTimeout); err != nil {
 				return fmt.Errorf("launch_process %s failed: %w", p.path, err)
 			}
 		}
 	}
 	// kata does not wait for api-server-rest; a workload comes much later.
 	// The test bed waits for its port so the command can use it at once.
-	deadline := time.Now().Add(30 * time.Second)
+	wait := time.Duration(max(30, in.launchTimeout)) * time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		c, err := net.Dial("tcp", "127.0.0.1:8006")
 		if err == nil {
@@ -322,7 +339,7 @@ func (in *initProc) launch() error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("api-server-rest: 127.0.0.1:8006 not listening after 30 s: %w", err)
+			return fmt.Errorf("api-server-rest: 127.0.0.1:8006 not listening after %s: %w", wait, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -358,14 +375,14 @@ func (in *initProc) spawn(name, path string, args, env []string) error {
 }
 
 // waitSocketAsKata is wait_for_path_to_exist: a check each second, the
-// first after one second, up to launch_process_timeout attempts.
-func waitSocketAsKata(path string) error {
+// first after one second, up to timeout attempts.
+func waitSocketAsKata(path string, timeout int) error {
 	for attempts := 0; ; attempts++ {
 		time.Sleep(time.Second)
 		if _, err := os.Stat(path); err == nil {
 			return nil
 		}
-		if attempts >= launchTimeout {
+		if attempts >= timeout {
 			return fmt.Errorf("wait for %s to exist timeout", path)
 		}
 	}

@@ -22,12 +22,12 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/config"
 	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/credentials"
-	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
-	"github.com/cdh-proxy/cdh-proxy/frontend/ttrpcapi"
 	"github.com/cdh-proxy/cdh-proxy/imagepull"
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
+	"github.com/cdh-proxy/cdh-proxy/proxy/httpapi"
+	"github.com/cdh-proxy/cdh-proxy/proxy/ttrpcapi"
 	"github.com/cdh-proxy/cdh-proxy/securemount"
 )
 

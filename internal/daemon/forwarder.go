@@ -7,8 +7,8 @@ import (
 	"net"
 
 	"github.com/cdh-proxy/cdh-proxy/core"
-	"github.com/cdh-proxy/cdh-proxy/frontend/forward"
-	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
+	"github.com/cdh-proxy/cdh-proxy/proxy/forward"
+	"github.com/cdh-proxy/cdh-proxy/proxy/httpapi"
 )
 
 // Forwarder is the api-server-rest personality installed beside separate

@@ -576,7 +576,7 @@ func (b *bench) goBenchmarks() error {
 	if b.short {
 		benchtime, azTime = "100x", "2x"
 	}
-	if err := b.goBench("## Go benchmarks\n\n", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./cache", "./resource", "./frontend/httpapi", "./kbsclient"); err != nil {
+	if err := b.goBench("## Go benchmarks\n\n", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./cache", "./resource", "./proxy/httpapi", "./kbsclient"); err != nil {
 		return err
 	}
 	// Azure vTPM evidence over swtpm: tens of milliseconds each, so fewer rounds.

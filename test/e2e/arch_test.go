@@ -9,7 +9,7 @@ import (
 // The front ends import core and never each other (docs/architecture.md).
 func TestFrontEndsImportCoreNotEachOther(t *testing.T) {
 	const mod = "github.com/cdh-proxy/cdh-proxy/"
-	fronts := []string{"frontend/httpapi", "frontend/ttrpcapi", "frontend/forward"}
+	fronts := []string{"proxy/httpapi", "proxy/ttrpcapi", "proxy/forward"}
 	for _, f := range fronts {
 		out, err := exec.Command("go", "list", "-deps", "../../"+f).Output()
 		if err != nil {

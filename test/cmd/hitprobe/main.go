@@ -20,8 +20,8 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/core"
-	"github.com/cdh-proxy/cdh-proxy/frontend/httpapi"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
+	"github.com/cdh-proxy/cdh-proxy/proxy/httpapi"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 	"github.com/cdh-proxy/cdh-proxy/test/floor"
 )

@@ -12,9 +12,9 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/cdh-proxy/cdh-proxy/core"
-	"github.com/cdh-proxy/cdh-proxy/frontend/ttrpcapi"
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
+	"github.com/cdh-proxy/cdh-proxy/proxy/ttrpcapi"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -129,14 +130,66 @@ func unwrapAnnotation(ctx context.Context, fetch Fetcher, b64 string) ([]byte, e
 type keyProviderInput struct {
 	Op              string `json:"op"`
 	KeyUnwrapParams struct {
-		Annotation []byte `json:"annotation"` // the packet; base64 in JSON
+		Annotation jsonBytes `json:"annotation"` // the packet
 	} `json:"keyunwrapparams"`
 }
 
 type keyProviderOutput struct {
 	KeyUnwrapResults struct {
-		OptsData []byte `json:"optsdata"`
+		OptsData jsonBytes `json:"optsdata"`
 	} `json:"keyunwrapresults"`
+}
+
+// jsonBytes is bytes in the key-provider protocol's JSON as both of its
+// ecosystems write them: read from a base64 string (Go ocicrypt, and
+// guest-components' annotation) or an array of numbers (serde's Vec<u8>),
+// written as the array, as guest-components' CDH answers UnWrapKey — the
+// Rust ocicrypt-rs client of the CDH socket reads optsdata only so.
+type jsonBytes []byte
+
+func (b jsonBytes) MarshalJSON() ([]byte, error) {
+	out := make([]byte, 0, 2+4*len(b))
+	out = append(out, '[')
+	for i, c := range b {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendUint(out, uint64(c), 10)
+	}
+	return append(out, ']'), nil
+}
+
+func (b *jsonBytes) UnmarshalJSON(data []byte) error {
+	if len(data) > 0 && data[0] == '"' {
+		var raw []byte // encoding/json reads a string into []byte as base64
+		if err := json.Unmarshal(data, &raw); err != nil {
+			return err
+		}
+		*b = raw
+		return nil
+	}
+	var nums []uint8Num
+	if err := json.Unmarshal(data, &nums); err != nil {
+		return errors.New("want a base64 string or an array of bytes")
+	}
+	out := make([]byte, len(nums))
+	for i, n := range nums {
+		out[i] = byte(n)
+	}
+	*b = out
+	return nil
+}
+
+// uint8Num is one element of a byte array: a number from 0 to 255.
+type uint8Num uint8
+
+func (n *uint8Num) UnmarshalJSON(data []byte) error {
+	v, err := strconv.ParseUint(string(data), 10, 8)
+	if err != nil {
+		return errors.New("not a byte")
+	}
+	*n = uint8Num(v)
+	return nil
 }
 
 // UnwrapKey answers keyprovider.KeyProviderService/UnWrapKey: the input is

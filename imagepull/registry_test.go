@@ -1,6 +1,7 @@
 package imagepull
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -203,19 +204,21 @@ func TestUnwrapKeyProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var res struct {
-		KeyUnwrapResults struct {
-			OptsData []byte `json:"optsdata"`
-		} `json:"keyunwrapresults"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatal(err)
-	}
+	optsData := decodeAsRust(t, out)
 	var opts struct {
 		SymKey []byte `json:"symkey"`
 	}
-	if err := json.Unmarshal(res.KeyUnwrapResults.OptsData, &opts); err != nil || len(opts.SymKey) != 32 {
-		t.Fatalf("optsdata %q: %v", res.KeyUnwrapResults.OptsData, err)
+	if err := json.Unmarshal(optsData, &opts); err != nil || len(opts.SymKey) != 32 {
+		t.Fatalf("optsdata %q: %v", optsData, err)
+	}
+	// The annotation as an array of bytes (serde's Vec<u8>) is taken too.
+	nums := make([]int, len(packet))
+	for i, c := range packet {
+		nums[i] = int(c)
+	}
+	inArray, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": nums}})
+	if out, err := UnwrapKey(t.Context(), kbs, inArray); err != nil || !bytes.Equal(decodeAsRust(t, out), optsData) {
+		t.Fatalf("annotation as a byte array: %v", err)
 	}
 	// A v2 packet: the same with version, provider and its settings.
 	var v2 map[string]any
@@ -233,10 +236,13 @@ func TestUnwrapKeyProtocol(t *testing.T) {
 		t.Errorf("KMS provider: %v, want unsupported naming it", err)
 	}
 	for name, input := range map[string]string{
-		"not JSON":      "{",
-		"wrong op":      `{"op":"keywrap"}`,
-		"no annotation": `{"op":"keyunwrap","keyunwrapparams":{}}`,
-		"bad packet":    `{"op":"keyunwrap","keyunwrapparams":{"annotation":"` + base64.StdEncoding.EncodeToString([]byte(`{"kid":"http://x"}`)) + `"}}`,
+		"not JSON":       "{",
+		"wrong op":       `{"op":"keywrap"}`,
+		"no annotation":  `{"op":"keyunwrap","keyunwrapparams":{}}`,
+		"byte over 255":  `{"op":"keyunwrap","keyunwrapparams":{"annotation":[123,256]}}`,
+		"negative byte":  `{"op":"keyunwrap","keyunwrapparams":{"annotation":[-1]}}`,
+		"annotation obj": `{"op":"keyunwrap","keyunwrapparams":{"annotation":{}}}`,
+		"bad packet":     `{"op":"keyunwrap","keyunwrapparams":{"annotation":"` + base64.StdEncoding.EncodeToString([]byte(`{"kid":"http://x"}`)) + `"}}`,
 	} {
 		if _, err := UnwrapKey(t.Context(), kbs, []byte(input)); codeOf(err) != CodeInvalid {
 			t.Errorf("%s: %v, want invalid", name, err)
@@ -598,4 +604,27 @@ func TestPullAfterAnAbandonedDownload(t *testing.T) {
 	if n := reg.BlobGets(d); n != 2 {
 		t.Errorf("blob fetched %d times, want 2 (the abandoned one and the new one)", n)
 	}
+}
+
+// decodeAsRust reads UnWrapKey's output as guest-components' Rust types
+// do (serde: KeyUnwrapResults { optsdata: Vec<u8> }): optsdata must be an
+// array of numbers 0–255; a base64 string is an error there.
+func decodeAsRust(t *testing.T, out []byte) []byte {
+	t.Helper()
+	var res struct {
+		KeyUnwrapResults struct {
+			OptsData []uint16 `json:"optsdata"` // not []byte: Go would take base64 too
+		} `json:"keyunwrapresults"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("output %.80s…: not what a Rust client reads: %v", out, err)
+	}
+	b := make([]byte, len(res.KeyUnwrapResults.OptsData))
+	for i, n := range res.KeyUnwrapResults.OptsData {
+		if n > 255 {
+			t.Fatalf("optsdata[%d] = %d: not a byte", i, n)
+		}
+		b[i] = byte(n)
+	}
+	return b
 }

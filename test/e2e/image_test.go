@@ -162,13 +162,22 @@ insecure = true
 	if err != nil {
 		t.Fatalf("UnWrapKey: %v", err)
 	}
+	// Read as guest-components' Rust client reads it: optsdata is serde's
+	// Vec<u8>, an array of numbers (a base64 string fails to decode here).
 	var res struct {
 		KeyUnwrapResults struct {
-			OptsData []byte `json:"optsdata"`
+			OptsData []uint16 `json:"optsdata"`
 		} `json:"keyunwrapresults"`
 	}
-	if err := json.Unmarshal(out.GetKeyProviderKeyWrapProtocolOutput(), &res); err != nil || !strings.Contains(string(res.KeyUnwrapResults.OptsData), `"symkey"`) {
+	if err := json.Unmarshal(out.GetKeyProviderKeyWrapProtocolOutput(), &res); err != nil {
 		t.Fatalf("UnWrapKey output: %v", err)
+	}
+	opts := make([]byte, len(res.KeyUnwrapResults.OptsData))
+	for i, n := range res.KeyUnwrapResults.OptsData {
+		opts[i] = byte(n)
+	}
+	if !strings.Contains(string(opts), `"symkey"`) {
+		t.Fatalf("UnWrapKey optsdata %q", opts)
 	}
 	bad, _ := json.Marshal(map[string]any{"op": "keyunwrap", "keyunwrapparams": map[string]any{"annotation": []byte(`{"kid":"kbs:///default/image-key/app"}`)}})
 	if _, err := kp.UnWrapKey(ctx, &keyprovider.KeyProviderKeyWrapProtocolInput{KeyProviderKeyWrapProtocolInput: bad}); status.Code(err) != codes.InvalidArgument {

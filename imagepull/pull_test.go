@@ -431,7 +431,7 @@ func TestBadBundlePaths(t *testing.T) {
 	defer p.Close()
 	full := t.TempDir()
 	os.MkdirAll(filepath.Join(full, "rootfs", "x"), 0o755)
-	for _, b := range []string{"", "relative/path", "/a/../b", "/no/such/dir", "/tmp/a,b", full} {
+	for _, b := range []string{"", "relative/path", "/a/../b", "/no/such/dir", full} {
 		if _, err := p.Pull(t.Context(), "r.test/app:v1", b); codeOf(err) != CodeInvalid {
 			t.Errorf("bundle %q: %v, want invalid", b, err)
 		}

@@ -208,9 +208,6 @@ func checkBundle(bundle string) (string, error) {
 	if bundle == "" || !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle {
 		return "", &Error{Code: CodeInvalid, Msg: fmt.Sprintf("bundle_path %q must be a clean absolute path", bundle)}
 	}
-	if strings.ContainsAny(bundle, ",:") {
-		return "", &Error{Code: CodeInvalid, Msg: fmt.Sprintf("bundle_path %q must not contain ',' or ':' (overlay mount options)", bundle)}
-	}
 	st, err := os.Stat(bundle)
 	if err != nil || !st.IsDir() {
 		return "", &Error{Code: CodeInvalid, Msg: fmt.Sprintf("bundle_path %q is not a directory", bundle)}

@@ -36,7 +36,9 @@ func (p *Puller) probeOverlay() error {
 	}
 	// As the rootfs mount: relative options, so work_dir's path (which
 	// may hold ',' or ':') never reaches them.
-	if err := mountFrom(dir, func() error { return p.mount("overlay", filepath.Join(dir, "m"), "overlay", 0, "lowerdir=l,upperdir=u,workdir=w") }); err != nil {
+	if err := mountFrom(dir, func() error {
+		return p.mount("overlay", filepath.Join(dir, "m"), "overlay", 0, "lowerdir=l,upperdir=u,workdir=w")
+	}); err != nil {
 		return err
 	}
 	return unix.Unmount(filepath.Join(dir, "m"), unix.MNT_DETACH)

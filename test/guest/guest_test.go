@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 	"github.com/cdh-proxy/cdh-proxy/sealed"
@@ -258,6 +259,13 @@ func TestGuestInitDataSecureMountAndImagePull(t *testing.T) {
 		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "base layer\n"}, imagetest.Entry{Name: "bin/hello", Body: "from the guest pull\n"}),
 		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "top layer wins\n"})))
 	reg.Push(t, "denied/app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "x", Body: "x"})))
+	// 128 layers, past what one page of absolute overlay options holds, on
+	// a kernel without fsconfig's lowerdir+ (6.1).
+	many := make([]v1.Layer, 128)
+	for i := range many {
+		many[i] = imagetest.Layer(t, imagetest.Entry{Name: fmt.Sprintf("layers/%d", i), Body: "x"}, imagetest.Entry{Name: "every", Body: fmt.Sprintf("layer %d\n", i)})
+	}
+	reg.Push(t, "many:v1", imagetest.Image(t, many...))
 	policy := fmt.Sprintf(`{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"%s/denied":[{"type":"reject"}]}}}`, regGuest)
 	cdhToml := fmt.Sprintf(`socket = "unix:///run/confidential-containers/cdh.sock"
 [kbc]
@@ -349,6 +357,10 @@ echo "hello: $(cat $bundle/rootfs/bin/hello)"
 [ "$(stat -c %%d /run/kata-containers/image/layers)" = "$(stat -c %%d /run/kata-containers/image)" ] && [ "$(stat -c %%d /run/kata-containers/image)" != "$(stat -c %%d /run)" ] && echo "layers: on the trusted store"
 awk '$2 == "/run/kata-containers/c0ffee/rootfs" {print "rootfs-mount:", $3}' /proc/mounts
 awk '$2 == "/run" {print "run-mount:", $3}' /proc/mounts
+many=/run/kata-containers/many
+mkdir -p $many
+kata-ttrpc pull-image %[1]s/many:v1 $many >/dev/null
+echo "many: $(ls $many/rootfs/layers | wc -l) layers, every from $(cat $many/rootfs/every)"
 mkdir /run/kata-containers/denied
 kata-ttrpc pull-image %[1]s/denied/app:v1 /run/kata-containers/denied 2>&1 | sed 's/^/denied: /' || true
 echo before-token
@@ -370,7 +382,7 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 		"aa.toml\ncdh.toml\ninitdata.toml\n",
 		"credential: another secret\n",
 		"pulled: sha256:", "motd: top layer wins\n", "hello: from the guest pull\n",
-		"rootfs-mount: overlay\n", "run-mount: tmpfs\n",
+		"rootfs-mount: overlay\n", "run-mount: tmpfs\n", "many: 128 layers, every from layer 127\n",
 		"denied: kata-ttrpc pull-image: PermissionDenied",
 		"store-mount: /dev/mapper/ ext4 rw,noatime\n", "store-repeat: kept\n", "layers: on the trusted store\n",
 		"eph-mount: ext4 rw,noatime\n", "eph-dif: journal: not active\n",

@@ -74,9 +74,11 @@ bench: build bench-tools test-tools
 bench-short: build
 	$(GO) run ./test/bench -short -out /dev/null
 
-# wrk and hyperfine from Debian when we may install them; without wrk the
-# suite uses its in-repo Go load generator.
+# containerd from Debian (P6 pulls beside it; fails loudly without it);
+# wrk and hyperfine when we may install them, else the in-repo Go load
+# generator.
 bench-tools:
+	./scripts/need.sh containerd containerd
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y wrk hyperfine >/dev/null 2>&1; } || echo "wrk not installed: using the in-repo Go load generator"
 
 ## soak: 1M mixed requests (hits, misses, 404s) against the real binary; RSS and goroutines sampled.

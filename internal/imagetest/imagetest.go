@@ -35,6 +35,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -117,6 +118,28 @@ func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
 // Layer is a gzip tar layer.
 func Layer(t TB, entries ...Entry) v1.Layer {
 	return static.NewLayer(TarGz(t, entries...), types.OCILayer)
+}
+
+// StrictLayer is Layer with the config's diff_id being the uncompressed
+// tar's digest, as a real image's is (Layer's diff_id is the compressed
+// blob's, which cdh-proxy does not read but containerd checks).
+func StrictLayer(t TB, entries ...Entry) v1.Layer {
+	t.Helper()
+	gz := TarGz(t, entries...)
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(plain)), nil },
+		tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // Image is an OCI image of layers (bottom first) for this machine's

@@ -259,13 +259,15 @@ func TestGuestInitDataSecureMountAndImagePull(t *testing.T) {
 		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "base layer\n"}, imagetest.Entry{Name: "bin/hello", Body: "from the guest pull\n"}),
 		imagetest.Layer(t, imagetest.Entry{Name: "etc/motd", Body: "top layer wins\n"})))
 	reg.Push(t, "denied/app:v1", imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "x", Body: "x"})))
-	// 128 layers, past what one page of absolute overlay options holds, on
-	// a kernel without fsconfig's lowerdir+ (6.1).
-	many := make([]v1.Layer, 128)
+	// 500 and 128 layers, past what one page of absolute overlay options
+	// holds, on a kernel without fsconfig's lowerdir+ (6.1). The 128 are
+	// the 500's first: the second pull downloads nothing.
+	many := make([]v1.Layer, 500)
 	for i := range many {
 		many[i] = imagetest.Layer(t, imagetest.Entry{Name: fmt.Sprintf("layers/%d", i), Body: "x"}, imagetest.Entry{Name: "every", Body: fmt.Sprintf("layer %d\n", i)})
 	}
-	reg.Push(t, "many:v1", imagetest.Image(t, many...))
+	reg.Push(t, "many:500", imagetest.Image(t, many...))
+	reg.Push(t, "many:128", imagetest.Image(t, many[:128]...))
 	policy := fmt.Sprintf(`{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"%s/denied":[{"type":"reject"}]}}}`, regGuest)
 	cdhToml := fmt.Sprintf(`socket = "unix:///run/confidential-containers/cdh.sock"
 [kbc]
@@ -357,10 +359,12 @@ echo "hello: $(cat $bundle/rootfs/bin/hello)"
 [ "$(stat -c %%d /run/kata-containers/image/layers)" = "$(stat -c %%d /run/kata-containers/image)" ] && [ "$(stat -c %%d /run/kata-containers/image)" != "$(stat -c %%d /run)" ] && echo "layers: on the trusted store"
 awk '$2 == "/run/kata-containers/c0ffee/rootfs" {print "rootfs-mount:", $3}' /proc/mounts
 awk '$2 == "/run" {print "run-mount:", $3}' /proc/mounts
-many=/run/kata-containers/many
-mkdir -p $many
-kata-ttrpc pull-image %[1]s/many:v1 $many >/dev/null
-echo "many: $(ls $many/rootfs/layers | wc -l) layers, every from $(cat $many/rootfs/every)"
+for n in 500 128; do
+	many=/run/kata-containers/many$n
+	mkdir -p $many
+	kata-ttrpc pull-image %[1]s/many:$n $many >/dev/null
+	echo "many: $(ls $many/rootfs/layers | wc -l) layers, every from $(cat $many/rootfs/every)"
+done
 mkdir /run/kata-containers/denied
 kata-ttrpc pull-image %[1]s/denied/app:v1 /run/kata-containers/denied 2>&1 | sed 's/^/denied: /' || true
 echo before-token
@@ -382,7 +386,7 @@ echo "token: $(kata-ttrpc get-token | wc -c)"
 		"aa.toml\ncdh.toml\ninitdata.toml\n",
 		"credential: another secret\n",
 		"pulled: sha256:", "motd: top layer wins\n", "hello: from the guest pull\n",
-		"rootfs-mount: overlay\n", "run-mount: tmpfs\n", "many: 128 layers, every from layer 127\n",
+		"rootfs-mount: overlay\n", "run-mount: tmpfs\n", "many: 500 layers, every from layer 499\n", "many: 128 layers, every from layer 127\n",
 		"denied: kata-ttrpc pull-image: PermissionDenied",
 		"store-mount: /dev/mapper/ ext4 rw,noatime\n", "store-repeat: kept\n", "layers: on the trusted store\n",
 		"eph-mount: ext4 rw,noatime\n", "eph-dif: journal: not active\n",

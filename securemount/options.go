@@ -1,7 +1,6 @@
 package securemount
 
 import (
-	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -202,10 +201,4 @@ func withLazyItableInit(opts []string) []string {
 		}
 	}
 	return append(out, "-E", "lazy_itable_init=0")
-}
-
-func (s *spec) String() string {
-	return fmt.Sprintf("device %s, source %s, target %s, integrity %v, mount point %s",
-		s.devicePath, map[bool]string{true: "empty", false: "encrypted"}[s.empty],
-		map[bool]string{true: "fileSystem", false: "device"}[s.fileSystem], s.integrity, s.mountPoint)
 }

@@ -29,17 +29,13 @@ func (b *bench) p7Run(ctx context.Context, o guestvm.Options, dir string) error 
 	// the first count: this is a measurement, not a test.
 	script := `sleep 3; echo count-start
 wget -qO- http://127.0.0.1:8006/cdh/resource/default/akv/coco_one >/dev/null; echo count-first
-for n in ATTESTATION_AGENT CONFIDENTIAL_DATA_HUB API_SERVER_REST; do
-	eval pid=\$CDH_GUEST_PID_$n
-	awk '/^(Rss|Pss|Pss_Anon|Pss_File|Pss_Shmem):/ {print "mem", $1, $2}' /proc/$pid/smaps_rollup
-done
-`
+` + guestvm.MemoryScript
 	f := dir + "/p7.sh"
 	if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
 		return err
 	}
 	var atStart, afterFirst uint64
-	mem := map[string]int{}
+	var lines []string
 	o.Cmdline = "agent.aa_kbc_params=cc_kbc::http://10.0.2.2:" + port
 	o.Files, o.Command = []guestvm.File{{Host: f, Guest: "/root/p7.sh"}}, []string{"sh", "/root/p7.sh"}
 	o.Stdout, o.Stderr = io.Discard, io.Discard
@@ -52,21 +48,19 @@ done
 			atStart = srv.Counts().Attest
 		case text == "count-first":
 			afterFirst = srv.Counts().Attest
-		case strings.HasPrefix(text, "mem "):
-			var field string
-			var kb int
-			if _, err := fmt.Sscanf(text, "mem %s %d", &field, &kb); err == nil {
-				mem[strings.TrimSuffix(field, ":")] += kb
-			}
+		default:
+			lines = append(lines, text)
 		}
 	}
 	res, err := guestvm.Run(ctx, o)
 	if err != nil {
 		return err
 	}
-	if res.Exit != 0 {
-		return fmt.Errorf("the guest script exited %d", res.Exit)
+	per := guestvm.ParseMemory(lines)
+	if res.Exit != 0 || len(per) != 3 {
+		return fmt.Errorf("the guest script exited %d with the memory of %d drop-ins", res.Exit, len(per))
 	}
+	mem := guestvm.Sum(per)
 	mib := func(kb int) string { return fmt.Sprintf("%.1f", float64(kb)/1024) }
 	b.printf("## P7 — drop-in trio in a guest\n\n")
 	b.printf("The guest test bed (test/guestvm: Debian's %s kernel under QEMU, software emulation, 2 vCPUs, 1 GiB) with the three drop-in names started as kata-agent starts them, KBS from the kernel command line, no initdata. Attestations counted by the test KBS once the drop-ins are up (plus 3 s) and after the first `curl` of a secret; memory summed over the three processes from `/proc/<pid>/smaps_rollup` in the guest after it. The binary sits in the initramfs, so its pages count as shmem there (the file column). Boot to drop-ins ready: %s; whole run: %s.\n\n",
@@ -78,8 +72,8 @@ done
 	b.printf("| cdh-proxy trio before issue 20, this test bed (commit 2b1df85) | 2 / 2 | 59.3 MiB | 33.7 MiB (19.8 / 13.9) |\n")
 	b.printf("| cdh-proxy trio with the attestation fix, before the huge-page fix (commit 24317bb) | 0 / 1 | 56.8 MiB | 31.8 MiB (17.9 / 13.9) |\n")
 	b.printf("| **cdh-proxy trio, this run** | %d / %d | %s MiB | %s MiB (%s / %s) |\n\n", atStart, afterFirst,
-		mib(mem["Rss"]), mib(mem["Pss"]), mib(mem["Pss_Anon"]), mib(mem["Pss_File"]+mem["Pss_Shmem"]))
-	b.guestPSS, b.guestAttest = float64(mem["Pss"])/1024, afterFirst
+		mib(mem.Rss), mib(mem.Pss), mib(mem.Anon), mib(mem.File))
+	b.guestPSS, b.guestAttest = float64(mem.Pss)/1024, afterFirst
 	return nil
 }
 

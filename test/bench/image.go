@@ -18,6 +18,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
+	"github.com/cdh-proxy/cdh-proxy/test/proc"
 )
 
 // benchTB lets imagetest run outside a test: Fatal panics (p6 recovers
@@ -78,37 +79,14 @@ func (b *bench) p6() (err error) {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "cdh.sock")
-	toml := filepath.Join(dir, "cdh.toml")
-	if err := os.WriteFile(toml, fmt.Appendf(nil, "[kbc]\nurl = %q\n[image]\nwork_dir = %q\n[[image.registry_config.registry]]\nlocation = %q\ninsecure = true\n",
-		ts.URL, filepath.Join(dir, "work"), reg.Host), 0o600); err != nil {
-		return err
-	}
-	p, err := b.startProxy(ts.URL, "-c", toml, "--cdh-socket", "unix://"+sock)
+	pp, err := b.startPullProxy(dir, ts.URL, reg.Host)
 	if err != nil {
 		return err
 	}
-	defer p.Stop(10 * time.Second)
+	defer pp.close()
+	p := pp.p
 	rssBefore := hwm(p.Cmd.Process.Pid)
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return err
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
-
-	pull := func() (time.Duration, error) {
-		bundle, err := os.MkdirTemp(dir, "bundle")
-		if err != nil {
-			return 0, err
-		}
-		defer unix.Unmount(filepath.Join(bundle, "rootfs"), unix.MNT_DETACH)
-		ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Second)
-		defer cancel()
-		start := time.Now()
-		_, err = cdh.NewImagePullServiceClient(c).PullImage(ctx, &cdh.ImagePullRequest{ImageUrl: reg.Host + "/bench/app:v1", BundlePath: bundle})
-		return time.Since(start), err
-	}
+	pull := func() (time.Duration, error) { return pp.pull(reg.Host + "/bench/app:v1") }
 	first, err := pull()
 	if err != nil {
 		return fmt.Errorf("P6 first pull: %w", err)
@@ -178,4 +156,52 @@ func hwm(pid int) float64 {
 		}
 	}
 	return 0
+}
+
+// pullProxy is bin/cdh-proxy serving PullImage on its CDH socket, with
+// work_dir and bundles in one directory, and a ttrpc client as kata's.
+type pullProxy struct {
+	p   *proc.Proc
+	c   *ttrpc.Client
+	dir string
+}
+
+// startPullProxy starts it for the registry at regHost (plain HTTP).
+func (b *bench) startPullProxy(dir, kbsURL, regHost string) (*pullProxy, error) {
+	sock := filepath.Join(dir, "cdh.sock")
+	toml := filepath.Join(dir, "cdh.toml")
+	if err := os.WriteFile(toml, fmt.Appendf(nil, "[kbc]\nurl = %q\n[image]\nwork_dir = %q\n[[image.registry_config.registry]]\nlocation = %q\ninsecure = true\n",
+		kbsURL, filepath.Join(dir, "work"), regHost), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := b.startProxy(kbsURL, "-c", toml, "--cdh-socket", "unix://"+sock)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		p.Stop(10 * time.Second)
+		return nil, err
+	}
+	return &pullProxy{p: p, c: ttrpc.NewClient(conn), dir: dir}, nil
+}
+
+// pull times one PullImage of ref into a fresh bundle (its rootfs is
+// unmounted after).
+func (pp *pullProxy) pull(ref string) (time.Duration, error) {
+	bundle, err := os.MkdirTemp(pp.dir, "bundle")
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Unmount(filepath.Join(bundle, "rootfs"), unix.MNT_DETACH)
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = cdh.NewImagePullServiceClient(pp.c).PullImage(ctx, &cdh.ImagePullRequest{ImageUrl: ref, BundlePath: bundle})
+	return time.Since(start), err
+}
+
+func (pp *pullProxy) close() {
+	pp.c.Close()
+	pp.p.Stop(10 * time.Second)
 }

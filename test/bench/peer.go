@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -13,10 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
-
-	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 )
 
 // pullPeers pulls ref cold, alternating a private containerd (Debian's,
@@ -109,33 +105,12 @@ func containerdPull(dir, ref string) (time.Duration, error) {
 // cdhProxyPull starts bin/cdh-proxy with work_dir in dir and times one
 // PullImage into a bundle in dir.
 func (b *bench) cdhProxyPull(dir, kbsURL, regHost, ref string) (time.Duration, error) {
-	sock := filepath.Join(dir, "cdh.sock")
-	toml := filepath.Join(dir, "cdh.toml")
-	if err := os.WriteFile(toml, fmt.Appendf(nil, "[kbc]\nurl = %q\n[image]\nwork_dir = %q\n[[image.registry_config.registry]]\nlocation = %q\ninsecure = true\n",
-		kbsURL, filepath.Join(dir, "work"), regHost), 0o600); err != nil {
-		return 0, err
-	}
-	p, err := b.startProxy(kbsURL, "-c", toml, "--cdh-socket", "unix://"+sock)
+	pp, err := b.startPullProxy(dir, kbsURL, regHost)
 	if err != nil {
 		return 0, err
 	}
-	defer p.Stop(10 * time.Second)
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return 0, err
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
-	bundle := filepath.Join(dir, "bundle")
-	if err := os.Mkdir(bundle, 0o755); err != nil {
-		return 0, err
-	}
-	defer unix.Unmount(filepath.Join(bundle, "rootfs"), unix.MNT_DETACH)
-	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Second)
-	defer cancel()
-	start := time.Now()
-	_, err = cdh.NewImagePullServiceClient(c).PullImage(ctx, &cdh.ImagePullRequest{ImageUrl: ref, BundlePath: bundle})
-	return time.Since(start), err
+	defer pp.close()
+	return pp.pull(ref)
 }
 
 func waitDial(sock string, limit time.Duration) error {

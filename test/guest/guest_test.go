@@ -175,10 +175,9 @@ kata-ttrpc get-resource kbs:///default/akv/nope 2>&1 | sed 's/^/missing: /' || t
 for n in ATTESTATION_AGENT CONFIDENTIAL_DATA_HUB API_SERVER_REST; do
 	eval pid=\$CDH_GUEST_PID_$n
 	awk -v n=$n '/^THP_enabled:/ {printf "thp %s %s\n", n, $2}' /proc/$pid/status
-	awk -v n=$n '/^(Rss|Pss|Pss_Anon|Pss_File|Pss_Shmem):/ {printf "mem %s %s %s\n", n, $1, $2}' /proc/$pid/smaps_rollup
 done
 echo "thp-mode: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
-`
+` + guestvm.MemoryScript
 	res, out, logs := boot(t, guestvm.Options{
 		Cmdline: "agent.aa_kbc_params=cc_kbc::" + k.GuestURL,
 		Env:     []string{"SEALED=" + k.sealedFile},
@@ -210,29 +209,15 @@ echo "thp-mode: $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 			t.Errorf("%s runs with transparent huge pages on", n)
 		}
 	}
-	mem := map[string]map[string]int{}
-	for _, l := range strings.Split(out, "\n") {
-		var name, field string
-		var kb int
-		if _, err := fmt.Sscanf(l, "mem %s %s %d", &name, &field, &kb); err == nil {
-			if mem[name] == nil {
-				mem[name] = map[string]int{}
-			}
-			mem[name][strings.TrimSuffix(field, ":")] = kb
-		}
-	}
+	mem := guestvm.ParseMemory(strings.Split(out, "\n"))
 	if len(mem) != 3 {
 		t.Fatalf("memory of %d drop-ins read, want 3", len(mem))
 	}
-	// The binary lives in the initramfs (shmem), so its pages count as
-	// Pss_Shmem here where a disk image's would be Pss_File.
-	var rss, pss, anon, file int
 	for name, m := range mem {
-		f := m["Pss_File"] + m["Pss_Shmem"]
-		t.Logf("%-22s Rss %5d kB  Pss %5d kB (anon %5d, file %5d)", name, m["Rss"], m["Pss"], m["Pss_Anon"], f)
-		rss, pss, anon, file = rss+m["Rss"], pss+m["Pss"], anon+m["Pss_Anon"], file+f
+		t.Logf("%-22s Rss %5d kB  Pss %5d kB (anon %5d, file %5d)", name, m.Rss, m.Pss, m.Anon, m.File)
 	}
-	t.Logf("trio: VmRSS %.1f MiB, PSS %.1f MiB (anon %.1f / file %.1f); boot %s", mib(rss), mib(pss), mib(anon), mib(file), res.Boot.Round(time.Millisecond))
+	s := guestvm.Sum(mem)
+	t.Logf("trio: VmRSS %.1f MiB, PSS %.1f MiB (anon %.1f / file %.1f); boot %s", mib(s.Rss), mib(s.Pss), mib(s.Anon), mib(s.File), res.Boot.Round(time.Millisecond))
 }
 
 func mib(kb int) float64 { return float64(kb) / 1024 }

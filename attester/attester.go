@@ -8,6 +8,7 @@ package attester
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 )
@@ -23,3 +24,28 @@ type Attester interface {
 // ErrReportDataTooLong is returned when the report data does not fit the
 // hardware field (64 bytes for TDX and SNP).
 var ErrReportDataTooLong = errors.New("attester: report data longer than 64 bytes")
+
+// Registers are a TEE's runtime measurement registers (TDX RTMRs, vTPM
+// PCRs), as the attestation agent's event log extends them.
+type Registers interface {
+	// Hash is the register bank's hash: what an extend folds with and
+	// the event log's digests are computed with.
+	Hash() crypto.Hash
+	// Register maps a PCR number (aa.toml init_pcr, a request's
+	// RegisterIndex) to the register extended for it, numbered as the
+	// event log records it (TDX: CC measurement register 1-4 for
+	// RTMR0-3; vTPM: the PCR itself).
+	Register(pcr uint64) (uint32, error)
+	// Read returns the register's value.
+	Read(ctx context.Context, reg uint32) ([]byte, error)
+	// Extend folds digest (Hash().Size() bytes) into the register.
+	Extend(ctx context.Context, reg uint32, digest []byte) error
+}
+
+// Measurer is implemented by attesters whose TEE may have runtime
+// measurement registers.
+type Measurer interface {
+	// RuntimeRegisters returns the registers, or an error saying why this
+	// guest has none (the kernel lacks the interface, …).
+	RuntimeRegisters() (Registers, error)
+}

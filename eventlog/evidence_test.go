@@ -70,9 +70,9 @@ func TestTrimCCELRejects(t *testing.T) {
 	first := 32 + int(binary.LittleEndian.Uint32(trimmed[28:]))
 	binary.LittleEndian.PutUint16(unknownAlg[first+12:], 0x0004) // SHA-1 is not in a CC log
 	for name, b := range map[string][]byte{
-		"empty":          {},
-		"short":          trimmed[:20],
-		"not spec ID":    notSpecID,
+		"empty":       {},
+		"short":       trimmed[:20],
+		"not spec ID": notSpecID,
 		"spec ID too big": func() []byte {
 			b := append([]byte(nil), trimmed[:40]...)
 			binary.LittleEndian.PutUint32(b[28:], 1<<31)

@@ -44,7 +44,9 @@ func (f *fakeRegisters) firmware(reg uint32) []byte {
 	}
 	return nil
 }
-func newFakeVTPM() *fakeRegisters { return &fakeRegisters{vals: map[uint32][]byte{}, refuse: map[uint32]bool{}} }
+func newFakeVTPM() *fakeRegisters {
+	return &fakeRegisters{vals: map[uint32][]byte{}, refuse: map[uint32]bool{}}
+}
 
 func (f *fakeRegisters) Hash() crypto.Hash {
 	if f.tdx {

@@ -80,7 +80,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	reg, err := l.regs.Register(cfg.InitPCR)
 	if err != nil {
-		return nil, fmt.Errorf("eventlog: init_pcr %d: %w", cfg.InitPCR, err)
+		return nil, fmt.Errorf("eventlog: init_pcr %d: %w: %w", cfg.InitPCR, ErrRegister, err)
 	}
 	l.initReg = reg
 	if err := os.MkdirAll(l.dir, 0o755); err != nil {
@@ -124,7 +124,7 @@ func (l *Log) Extend(ctx context.Context, ev Event, pcr *uint64) (uint32, error)
 	if pcr != nil {
 		r, err := l.regs.Register(*pcr)
 		if err != nil {
-			return 0, fmt.Errorf("register index %d: %w", *pcr, err)
+			return 0, fmt.Errorf("register index %d: %w: %w", *pcr, ErrRegister, err)
 		}
 		reg = r
 	}

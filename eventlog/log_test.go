@@ -58,7 +58,7 @@ func (f *fakeRegisters) Hash() crypto.Hash {
 func (f *fakeRegisters) Register(pcr uint64) (uint32, error) {
 	if !f.tdx {
 		if pcr > 23 {
-			return 0, ErrRegister
+			return 0, errors.New("the vTPM has PCR 0-23")
 		}
 		return uint32(pcr), nil
 	}

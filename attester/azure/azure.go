@@ -102,6 +102,20 @@ func (d *Device) open() (transport.TPMCloser, error) {
 	return t, nil
 }
 
+// with runs fn on the vTPM, opened for it, holding the device.
+func (d *Device) with(ctx context.Context, fn func(transport.TPM) error) error {
+	if err := d.lock(ctx); err != nil {
+		return err
+	}
+	defer d.unlock()
+	t, err := d.open()
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	return fn(t)
+}
+
 // ErrNotAzureCVM means the TPM has no readable HCL report.
 var ErrNotAzureCVM = errors.New("no Azure CVM vTPM: HCL report NV index 0x01400001 not readable")
 
@@ -254,14 +268,9 @@ func (a *Attester) BindInitData(ctx context.Context, algorithm string, digest []
 	if algorithm != "sha256" || len(digest) != 32 {
 		return false, fmt.Errorf("initdata algorithm %q: %w", algorithm, ErrInitDataAlgorithm)
 	}
-	if err := a.dev.lock(ctx); err != nil {
-		return false, err
-	}
-	defer a.dev.unlock()
-	t, err := a.dev.open()
-	if err != nil {
-		return false, err
-	}
-	defer t.Close()
-	return extendInitData(t, digest)
+	err = a.dev.with(ctx, func(t transport.TPM) error {
+		extended, err = extendInitData(t, digest)
+		return err
+	})
+	return extended, err
 }

@@ -240,3 +240,39 @@ func TestEvidenceWaitHonorsContext(t *testing.T) {
 		t.Fatal("silent paravisor: evidence without a fresh report")
 	}
 }
+
+// Runtime measurements extend the vTPM's SHA-256 PCRs; PCR 17 is a
+// dynamic-launch PCR that a TPM refuses from the guest's locality, as
+// Azure does, and the error says what to do.
+func TestRuntimeRegisters(t *testing.T) {
+	c := newCVM(t, azure.TeeSNP, false)
+	a, _ := azure.New(c.dev, azure.TeeSNP, 2)
+	regs, err := a.RuntimeRegisters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if r, err := regs.Register(23); err != nil || r != 23 {
+		t.Fatalf("Register(23) = %d, %v", r, err)
+	}
+	if _, err := regs.Register(24); err == nil {
+		t.Error("PCR 24 accepted")
+	}
+	before, err := regs.Read(ctx, 23)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("event"))
+	if err := regs.Extend(ctx, 23, d[:]); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := regs.Read(ctx, 23)
+	want := sha256.Sum256(append(append([]byte(nil), before...), d[:]...))
+	if !bytes.Equal(after, want[:]) {
+		t.Errorf("PCR23 = %x, want %x", after, want)
+	}
+	err = regs.Extend(ctx, 17, d[:])
+	if err == nil || !strings.Contains(err.Error(), "init_pcr = 23") || !strings.Contains(err.Error(), "PCR17") {
+		t.Errorf("PCR 17: %v, want a refusal naming the PCR and the fix", err)
+	}
+}

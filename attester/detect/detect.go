@@ -23,6 +23,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/attester/sample"
 	"github.com/cdh-proxy/cdh-proxy/attester/snp"
 	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 )
 
 // Env is the hardware seam. The zero value is the real machine.
@@ -31,8 +32,17 @@ type Env struct {
 	TSM configfsi.Client
 	// DevDir holds the guest device nodes; "" means /dev.
 	DevDir string
-	// TDXEventLog, when non-empty, is a CCEL file sent as cc_eventlog.
+	// TDXEventLog, when non-empty, is a CCEL file always sent in
+	// cc_eventlog (--tdx-eventlog).
 	TDXEventLog string
+	// CCEL is the firmware event log sent with the runtime event log;
+	// "" → eventlog.CCELPath.
+	CCEL string
+	// EventLogDir holds the runtime event log; "" → eventlog.DefaultDir.
+	EventLogDir string
+	// RTMR are TDX's runtime measurement registers; nil → the kernel's
+	// (tdx.MeasurementsDir), when it has them.
+	RTMR attester.Registers
 	// Logger records the choice once; nil discards.
 	Logger *slog.Logger
 	// Azure configures the vTPM attesters; its zero value is Azure's
@@ -154,11 +164,12 @@ func build(f Found, env Env) (attester.Attester, error) {
 			}
 			p = tp
 		}
-		var eventLog func() ([]byte, error)
-		if env.TDXEventLog != "" {
-			eventLog = tdx.FileEventLog(env.TDXEventLog)
+		src := eventlog.Source{CCEL: cmp.Or(env.TDXEventLog, env.CCEL), Always: env.TDXEventLog != "", Dir: env.EventLogDir, Logger: env.Logger}
+		rtmr := env.RTMR
+		if _, err := os.Stat(tdx.MeasurementsDir); rtmr == nil && err == nil {
+			rtmr = tdx.RTMRs{}
 		}
-		return tdx.New(p, eventLog), nil
+		return tdx.New(p, tdx.Options{EventLog: src.Read, RTMR: rtmr}), nil
 	case azure.TeeSNP, azure.TeeTDX:
 		return azure.New(f.azure, f.Tee, cmp.Or(env.AzureEvidenceVersion, 2))
 	case snp.Tee:

@@ -3,7 +3,6 @@ package tdx
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
@@ -49,14 +48,4 @@ func (p *DeviceProvider) Quote(ctx context.Context, rd [64]byte) ([]byte, error)
 	}
 	defer d.Close()
 	return client.GetRawQuote(d, rd)
-}
-
-// CCELPath is where the firmware's CC event log (ACPI CCEL table data) appears.
-const CCELPath = "/sys/firmware/acpi/tables/data/CCEL"
-
-// FileEventLog returns an event-log source reading path (CCELPath in
-// production). The log is sent as read; the verifier replays it against
-// RTMR0-3, so enable it only where nothing else extends the RTMRs.
-func FileEventLog(path string) func() ([]byte, error) {
-	return func() ([]byte, error) { return os.ReadFile(path) }
 }

@@ -34,15 +34,36 @@ type Evidence struct {
 type Attester struct {
 	p        Provider
 	eventLog func() ([]byte, error)
+	rtmr     attester.Registers
 }
 
-var _ attester.Attester = (*Attester)(nil)
+var (
+	_ attester.Attester = (*Attester)(nil)
+	_ attester.Measurer = (*Attester)(nil)
+)
 
-// New returns an Attester over p. eventLog, when non-nil, supplies the
-// cc_eventlog bytes; nil sends null, which the verifier always accepts
-// (a log it cannot replay against RTMR0-3 would fail attestation).
-func New(p Provider, eventLog func() ([]byte, error)) *Attester {
-	return &Attester{p: p, eventLog: eventLog}
+// Options are an Attester's optional parts.
+type Options struct {
+	// EventLog supplies the cc_eventlog bytes; nil (or nil bytes) sends
+	// null, which the verifier always accepts (a log it cannot replay
+	// against RTMR0-3 fails attestation).
+	EventLog func() ([]byte, error)
+	// RTMR are the runtime measurement registers; nil when the kernel
+	// offers none (RuntimeRegisters says so).
+	RTMR attester.Registers
+}
+
+// New returns an Attester over p.
+func New(p Provider, o Options) *Attester {
+	return &Attester{p: p, eventLog: o.EventLog, rtmr: o.RTMR}
+}
+
+// RuntimeRegisters implements attester.Measurer.
+func (a *Attester) RuntimeRegisters() (attester.Registers, error) {
+	if a.rtmr == nil {
+		return nil, ErrNoRTMR
+	}
+	return a.rtmr, nil
 }
 
 // Tee implements attester.Attester.
@@ -107,8 +128,10 @@ func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMes
 		if err != nil {
 			return nil, fmt.Errorf("tdx event log: %w", err)
 		}
-		s := base64.StdEncoding.EncodeToString(log)
-		ev.CCEventlog = &s
+		if log != nil {
+			s := base64.StdEncoding.EncodeToString(log)
+			ev.CCEventlog = &s
+		}
 	}
 	return json.Marshal(ev)
 }

@@ -3,10 +3,12 @@ package tdx_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +24,7 @@ func TestEvidenceBindsPaddedReportData(t *testing.T) {
 		t.Fatal(err)
 	}
 	digest := bytes.Repeat([]byte{0xAB}, 48)
-	js, err := tdx.New(hw, nil).Evidence(context.Background(), digest)
+	js, err := tdx.New(hw, tdx.Options{}).Evidence(context.Background(), digest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +81,7 @@ func TestEvidenceRejects(t *testing.T) {
 		"too much data":     {p: fixedQuote(good), rd: make([]byte, 65), want: "longer than 64"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := tdx.New(tc.p, nil).Evidence(context.Background(), tc.rd)
+			_, err := tdx.New(tc.p, tdx.Options{}).Evidence(context.Background(), tc.rd)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
@@ -89,20 +91,68 @@ func TestEvidenceRejects(t *testing.T) {
 
 func TestEventLog(t *testing.T) {
 	hw, _ := fakehw.NewTDX()
-	p := filepath.Join(t.TempDir(), "CCEL")
-	if err := os.WriteFile(p, []byte("event log"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	js, err := tdx.New(hw, tdx.FileEventLog(p)).Evidence(context.Background(), []byte{1})
+	log := []byte("event log")
+	js, err := tdx.New(hw, tdx.Options{EventLog: func() ([]byte, error) { return log, nil }}).Evidence(context.Background(), []byte{1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ev tdx.Evidence
 	_ = json.Unmarshal(js, &ev)
-	if ev.CCEventlog == nil || *ev.CCEventlog != base64.StdEncoding.EncodeToString([]byte("event log")) {
+	if ev.CCEventlog == nil || *ev.CCEventlog != base64.StdEncoding.EncodeToString(log) {
 		t.Fatalf("cc_eventlog %v", ev.CCEventlog)
 	}
-	if _, err := tdx.New(hw, tdx.FileEventLog(p+".missing")).Evidence(context.Background(), []byte{1}); err == nil {
-		t.Fatal("missing event log ignored")
+	// No log to send: null, not "".
+	js, _ = tdx.New(hw, tdx.Options{EventLog: func() ([]byte, error) { return nil, nil }}).Evidence(context.Background(), []byte{1})
+	if !strings.Contains(string(js), `"cc_eventlog":null`) {
+		t.Errorf("no log: %s", js)
+	}
+	if _, err := tdx.New(hw, tdx.Options{EventLog: func() ([]byte, error) { return nil, errors.New("unreadable") }}).Evidence(context.Background(), []byte{1}); err == nil {
+		t.Fatal("event log error ignored")
+	}
+}
+
+// The sysfs RTMR backend does what the kernel ABI asks: one 48-byte
+// write at offset 0 of rtmr<N>:sha384 (a plain file then holds exactly
+// the digest), 48-byte reads, RTMR N-1 for register N.
+func TestRTMRSysfs(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 4 {
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("rtmr%d:sha384", i)), bytes.Repeat([]byte{byte(i)}, 48), 0o600)
+	}
+	r := tdx.RTMRs{Dir: dir}
+	if r.Hash() != crypto.SHA384 {
+		t.Error("RTMRs are SHA-384")
+	}
+	for pcr, want := range map[uint64]uint32{0: 4, 1: 1, 7: 1, 2: 2, 6: 2, 8: 3, 15: 3, 16: 4, 17: 4, 23: 4, 100: 4} {
+		if got, err := r.Register(pcr); err != nil || got != want {
+			t.Errorf("PCR %d → register %d (%v), want %d", pcr, got, err, want)
+		}
+	}
+	got, err := r.Read(t.Context(), 4)
+	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{3}, 48)) {
+		t.Fatalf("Read(4) = %x, %v; want RTMR3's file", got, err)
+	}
+	d := bytes.Repeat([]byte{0xAB}, 48)
+	if err := r.Extend(t.Context(), 4, d); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "rtmr3:sha384")); !bytes.Equal(b, d) {
+		t.Errorf("rtmr3 file holds %x, want the digest written once at offset 0", b)
+	}
+	if err := r.Extend(t.Context(), 4, d[:32]); err == nil {
+		t.Error("a 32-byte digest was written")
+	}
+	for _, reg := range []uint32{0, 5} {
+		if _, err := r.Read(t.Context(), reg); err == nil {
+			t.Errorf("register %d read", reg)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "rtmr0:sha384"), []byte("short"), 0o600)
+	if _, err := r.Read(t.Context(), 1); err == nil {
+		t.Error("a 5-byte RTMR read")
+	}
+	// No sysfs: the attester says why it has no registers.
+	if _, err := tdx.New(nil, tdx.Options{}).RuntimeRegisters(); !errors.Is(err, tdx.ErrNoRTMR) || !strings.Contains(err.Error(), "6.16") {
+		t.Errorf("no RTMR: %v", err)
 	}
 }

@@ -25,7 +25,7 @@ func TestVerifyTDX(t *testing.T) {
 	copy(hw.MrConfigID[:], digest48(9))
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(hw.RootPEM())
-	ev, err := tdx.New(hw, nil).Evidence(context.Background(), digest48(1))
+	ev, err := tdx.New(hw, tdx.Options{}).Evidence(context.Background(), digest48(1))
 	if err != nil {
 		t.Fatal(err)
 	}

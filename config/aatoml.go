@@ -24,8 +24,8 @@ type AAFile struct {
 	} `toml:"token_configs"`
 	TeeKeyAlgorithm string `toml:"tee_key_algorithm"`
 	EventlogConfig  struct {
-		EnableEventlog bool `toml:"enable_eventlog"`
-		InitPCR        int  `toml:"init_pcr"`
+		EnableEventlog *bool   `toml:"enable_eventlog"`
+		InitPCR        *uint64 `toml:"init_pcr"`
 	} `toml:"eventlog_config"`
 	Log struct {
 		Level string `toml:"level"`
@@ -48,9 +48,6 @@ func ParseAA(name string, data []byte) (*AAFile, []string, error) {
 	warns, err := decodeStrict(name, data, &f)
 	if err != nil {
 		return nil, nil, err
-	}
-	if f.EventlogConfig.EnableEventlog {
-		warns = append(warns, name+": [eventlog_config] enable_eventlog is not supported by cdh-proxy and is ignored")
 	}
 	return &f, warns, nil
 }

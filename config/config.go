@@ -78,6 +78,17 @@ type Config struct {
 	// SkipSealedSecretVerification: cdh.toml key or SKIP_SEALED_SECRET_VERIFICATION=true.
 	SkipSealedSecretVerification bool
 	Image                        Image // cdh.toml [image]: guest image pull
+	// EventLog is aa.toml [eventlog_config] enable_eventlog: the AA keeps
+	// the runtime event log and ExtendRuntimeMeasurement extends.
+	EventLog bool
+	// InitPCR is [eventlog_config] init_pcr: the PCR events go to when a
+	// request names none (17: RTMR3 on TDX).
+	InitPCR uint64
+	// EventLogDir holds the event log and its write-ahead file.
+	EventLogDir string
+	// AAAddr is the AA socket the CDH asks to measure the images it
+	// pulls (cdh.toml [aa] aa_socket).
+	AAAddr string
 	// Warnings are non-fatal findings (unknown keys, ignored sections) for main to log.
 	Warnings []string
 	// Sources names, per field, the source whose value won (Describe).
@@ -120,6 +131,8 @@ type Flags struct {
 	CDHSocket, AASocket *string
 	// CredDir overrides DefaultCredentialsDir (tests).
 	CredDir string
+	// EventLogDir overrides eventlog.DefaultDir (tests).
+	EventLogDir string
 	// FromFile maps the flags the --config flag file set to that file, so
 	// their source can be told apart from the command line's.
 	FromFile map[string]string
@@ -194,7 +207,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, sock := range []string{c.CDHSocket, c.AASocket} {
+	for _, sock := range []string{c.CDHSocket, c.AASocket, c.AAAddr} {
 		if sock != "" && !strings.HasPrefix(strings.TrimPrefix(sock, "unix://"), "/") {
 			errs = append(errs, fmt.Errorf("socket %q: want unix:///absolute/path", sock))
 		}

@@ -243,8 +243,13 @@ func TestAllSourcesPrecedence(t *testing.T) {
 	if n := strings.Count(strings.Join(c.Warnings, "\n"), "overrides"); n != 2 {
 		t.Fatalf("want 2 conflict warnings (aa.toml, cmdline), got %q", c.Warnings)
 	}
-	if !strings.Contains(strings.Join(c.Warnings, "\n"), "enable_eventlog") {
-		t.Fatalf("eventlog warning missing: %q", c.Warnings)
+	// aa.toml's [eventlog_config] turns the runtime event log on; init_pcr
+	// keeps its default 17 unless set.
+	if !c.EventLog || c.InitPCR != 17 || c.Sources["EventLog"] != aa+" [eventlog_config] enable_eventlog" || c.Sources["InitPCR"] != "default" {
+		t.Fatalf("eventlog %v init_pcr %d (from %q, %q)", c.EventLog, c.InitPCR, c.Sources["EventLog"], c.Sources["InitPCR"])
+	}
+	if c.AAAddr != DefaultAASocket {
+		t.Fatalf("aa_socket %q", c.AAAddr)
 	}
 	// Socket flags override the file; "none" disables.
 	none := "none"
@@ -285,6 +290,14 @@ func TestParseAA(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "aa.toml:2") || !strings.Contains(err.Error(), "token_configs.kbs.url") {
 		t.Fatalf("type error: %v", err)
 	}
+	_, _, err = ParseAA("aa.toml", []byte("[eventlog_config]\nenable_eventlog = true\ninit_pcr = -1\n"))
+	if err == nil || !strings.Contains(err.Error(), "aa.toml:3") || !strings.Contains(err.Error(), "eventlog_config.init_pcr") {
+		t.Fatalf("negative init_pcr: %v", err)
+	}
+	aa, _, err := ParseAA("aa.toml", []byte("[eventlog_config]\nenable_eventlog = false\ninit_pcr = 23\n"))
+	if err != nil || *aa.EventlogConfig.EnableEventlog || *aa.EventlogConfig.InitPCR != 23 {
+		t.Fatalf("eventlog_config: %v %+v", err, aa.EventlogConfig)
+	}
 	_, warns, err := ParseAA("aa.toml", []byte("[token_configs.kbs]\nurl = \"x\"\nfoo = 1\n"))
 	if err != nil || len(warns) != 1 || !strings.Contains(warns[0], "token_configs.kbs.foo") {
 		t.Fatalf("unknown key: %v %q", err, warns)
@@ -305,7 +318,7 @@ func TestInitDataDirFiles(t *testing.T) {
 	dir := t.TempDir()
 	for name, body := range map[string]string{
 		"cdh.toml":      "[kbc]\nname = \"cc_kbc\"\nurl = \"https://from-initdata\"\n",
-		"aa.toml":       "[token_configs.kbs]\nurl = \"https://from-initdata\"\n",
+		"aa.toml":       "[token_configs.kbs]\nurl = \"https://from-initdata\"\n[eventlog_config]\nenable_eventlog = true\ninit_pcr = 23\n",
 		"initdata.toml": "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n",
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
@@ -318,6 +331,9 @@ func TestInitDataDirFiles(t *testing.T) {
 	}
 	if c.KBSURL != "https://from-initdata" || c.InitDataPath != filepath.Join(dir, "initdata.toml") || len(c.InitData) == 0 {
 		t.Fatalf("initdata dir not used: %q %q", c.KBSURL, c.InitDataPath)
+	}
+	if !c.EventLog || c.InitPCR != 23 {
+		t.Fatalf("initdata aa.toml [eventlog_config] not used: %v %d", c.EventLog, c.InitPCR)
 	}
 	// An explicit -c wins over the directory.
 	other := filepath.Join(t.TempDir(), "cdh.toml")

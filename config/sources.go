@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 )
 
@@ -196,6 +197,7 @@ func fromFlags(f Flags, found map[string]string) (layer, error) {
 	str("TPM", "tpm", f.TPM)
 	str("AzureIMDS", "azure-imds", f.AzureIMDS)
 	str("CredDir", "CDH_PROXY_CREDENTIALS_DIR", f.CredDir)
+	str("EventLogDir", "CDH_PROXY_EVENTLOG_DIR", f.EventLogDir)
 	if f.RequireHeader != "" {
 		l.c.RequireHeader = http.CanonicalHeaderKey(f.RequireHeader)
 		l.from("RequireHeader", flag("require-header"))
@@ -311,6 +313,10 @@ func fromCDHFile(path string) (layer, []string, error) {
 	}
 	l.c.Image = cdh.Image
 	l.from("Image", path+" [image]")
+	if cdh.AA.AASocket != "" {
+		l.c.AAAddr = cdh.AA.AASocket
+		l.from("AAAddr", path+" [aa] aa_socket")
+	}
 	return l, warns, nil
 }
 
@@ -336,6 +342,14 @@ func fromAAFile(path string) (layer, []string, error) {
 	if aa.Log.Level != "" {
 		l.c.LogLevel = strings.ToLower(aa.Log.Level)
 		l.from("LogLevel", path+" [log] level")
+	}
+	if v := aa.EventlogConfig.EnableEventlog; v != nil {
+		l.c.EventLog = *v
+		l.from("EventLog", path+" [eventlog_config] enable_eventlog")
+	}
+	if v := aa.EventlogConfig.InitPCR; v != nil {
+		l.c.InitPCR = *v
+		l.from("InitPCR", path+" [eventlog_config] init_pcr")
 	}
 	return l, warns, nil
 }
@@ -379,8 +393,9 @@ func defaults() layer {
 		Features: core.Features{Resource: true}, CredDir: DefaultCredentialsDir, AzureEvidenceVersion: 2,
 		KBSFailback: kbsclient.DefaultFailbackAfter,
 		Image:       Image{WorkDir: DefaultImageWorkDir, MaxConcurrentLayerDownloads: DefaultImageLayerDownloads},
+		InitPCR:     eventlog.DefaultInitPCR, EventLogDir: eventlog.DefaultDir, AAAddr: DefaultAASocket,
 	}
-	for _, f := range []string{"Attester", "Bind", "CacheTTL", "CacheMaxByte", "CacheMaxItem", "Budget", "LogLevel", "LogFormat", "Features", "CredDir", "AzureEvidenceVersion", "KBSFailback", "Image"} {
+	for _, f := range []string{"Attester", "Bind", "CacheTTL", "CacheMaxByte", "CacheMaxItem", "Budget", "LogLevel", "LogFormat", "Features", "CredDir", "AzureEvidenceVersion", "KBSFailback", "Image", "InitPCR", "EventLogDir", "AAAddr"} {
 		l.from(f, "default")
 	}
 	return l

@@ -306,7 +306,7 @@ func (p *Puller) pullOne(ctx context.Context, e *env, named reference.Named, bun
 	src := newSharedSource(rawSrc)
 	defer src.release()
 	unparsed := image.UnparsedInstance(src.ImageSource, nil)
-	mb, _, err := unparsed.Manifest(ctx)
+	mb, mime, err := unparsed.Manifest(ctx)
 	if err != nil {
 		return "", registryError(ctx, name, err)
 	}
@@ -332,6 +332,17 @@ func (p *Puller) pullOne(ctx context.Context, e *env, named reference.Named, bun
 	img, err := image.FromUnparsedImage(ctx, e.sys, unparsed)
 	if err != nil {
 		return "", registryError(ctx, name, err)
+	}
+	// For an index, the answer is this platform's manifest, as image-rs
+	// answers and measures it: what a KBS policy on the pull matches.
+	if manifest.MIMETypeIsMultiImage(mime) {
+		list, err := manifest.ListFromBlob(mb, mime)
+		if err != nil {
+			return "", &Error{Code: CodeInvalid, Msg: name + ": manifest list", Err: err}
+		}
+		if dg, err = list.ChooseInstance(e.sys); err != nil {
+			return "", &Error{Code: CodeNotFound, Msg: name + ": no image for this platform", Err: err}
+		}
 	}
 	infos := img.LayerInfos()
 	if len(infos) == 0 {

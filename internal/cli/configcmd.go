@@ -19,6 +19,7 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "")
+	f.EventLogDir = envOr("CDH_PROXY_EVENTLOG_DIR", "")
 	cfg, err := config.Load(*f, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cdh-proxy: configuration: %v\n", err)

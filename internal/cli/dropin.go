@@ -125,7 +125,8 @@ func dropIn(f *config.Flags, parts daemon.Parts, stderr io.Writer, p Process) in
 // runDaemon loads config (with the environment overrides operators use,
 // e.g. AA_KBC_PARAMS) and runs the parts choose picks for it.
 func runDaemon(f *config.Flags, stderr io.Writer, p Process, choose func(*config.Config) daemon.Parts) int {
-	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "") // test seam: credentials outside /run
+	f.CredDir = envOr("CDH_PROXY_CREDENTIALS_DIR", "")  // test seam: credentials outside /run
+	f.EventLogDir = envOr("CDH_PROXY_EVENTLOG_DIR", "") // test seam: the event log outside /run
 	cfg, err := config.Load(*f, os.LookupEnv)
 	if err != nil {
 		fmt.Fprintf(stderr, "cdh-proxy: configuration: %v\n", err)

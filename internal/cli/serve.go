@@ -167,5 +167,8 @@ func ServeConfig(args []string, env config.Env) (*config.Config, error) {
 	if dir, ok := env("CDH_PROXY_CREDENTIALS_DIR"); ok {
 		f.CredDir = dir
 	}
+	if dir, ok := env("CDH_PROXY_EVENTLOG_DIR"); ok {
+		f.EventLogDir = dir
+	}
 	return config.Load(*f, env)
 }

@@ -22,10 +22,12 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/config"
 	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/credentials"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/imagepull"
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
+	"github.com/cdh-proxy/cdh-proxy/proxy/forward"
 	"github.com/cdh-proxy/cdh-proxy/proxy/httpapi"
 	"github.com/cdh-proxy/cdh-proxy/proxy/ttrpcapi"
 	"github.com/cdh-proxy/cdh-proxy/securemount"
@@ -118,6 +120,25 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		return nil, err
 	}
 	d.closers = append(d.closers, kbs.Close)
+	// The process that plays the attestation agent keeps the runtime
+	// event log; the CDH drop-in asks the AA process over its socket.
+	var recorder *eventlog.Recorder
+	if cfg.EventLog && (parts.AA || parts.HTTP) {
+		if recorder, err = d.openEventLog(ctx, cfg, att); err != nil {
+			return nil, err
+		}
+	}
+	measure := func(ctx context.Context, ev eventlog.Event) (eventlog.Result, error) {
+		return recorder.Record(ctx, ev, nil)
+	}
+	if !parts.AA && !parts.HTTP {
+		remote, err := forward.NewRemote(cfg.AAAddr)
+		if err != nil {
+			return nil, ConfigError{err}
+		}
+		d.closers = append(d.closers, func() { remote.Close() })
+		measure = forward.RemoteAA{Remote: remote}.Measure
+	}
 	cachePlugins := map[string]bool{}
 	for _, name := range cfg.CachePlugins {
 		cachePlugins[name] = true
@@ -177,14 +198,15 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		d.closers = append(d.closers, images.Close)
 		if err := d.socket("cdh", cfg.CDHSocket, cfg, att.Tee(), func(s *ttrpc.Server) error {
 			return ttrpcapi.RegisterCDH(s, ttrpcapi.CDHConfig{Secrets: secrets, Images: images, Budget: cfg.Budget, Logger: log,
-				Mounts: securemount.New(securemount.Config{Keys: secrets, Logger: log.With("component", "securemount")})})
+				Mounts:  securemount.New(securemount.Config{Keys: secrets, Logger: log.With("component", "securemount")}),
+				Measure: measure})
 		}); err != nil {
 			return nil, err
 		}
 	}
 	if parts.AA {
 		if err := d.socket("aa", cfg.AASocket, cfg, att.Tee(), func(s *ttrpc.Server) error {
-			return ttrpcapi.RegisterAA(s, ttrpcapi.AAConfig{Tee: att.Tee(), Evidence: att.Evidence, Token: kbs.Token, Budget: cfg.Budget})
+			return ttrpcapi.RegisterAA(s, ttrpcapi.AAConfig{Tee: att.Tee(), Evidence: att.Evidence, Token: kbs.Token, Measure: recorder, Budget: cfg.Budget})
 		}); err != nil {
 			return nil, err
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/attester/azure"
 	"github.com/cdh-proxy/cdh-proxy/attester/detect"
 	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/kbsclient"
 )
 
@@ -26,12 +27,17 @@ type Hardware struct {
 	// TPM is the Azure vTPM when the configuration names none ("" →
 	// /dev/tpmrm0); a unix socket is spoken to as swtpm's.
 	TPM string
+	// RTMR are TDX's runtime measurement registers; nil → the kernel's.
+	RTMR attester.Registers
+	// CCEL is the firmware event log; "" → eventlog.CCELPath.
+	CCEL string
 }
 
 // env is the detection environment for cfg on hw.
 func (hw Hardware) env(cfg *config.Config, log *slog.Logger) detect.Env {
 	env := detect.Env{
 		TSM: hw.TSM, DevDir: hw.DevDir, Logger: log, TDXEventLog: cfg.TDXEventLog,
+		RTMR: hw.RTMR, CCEL: hw.CCEL, EventLogDir: cfg.EventLogDir,
 		Azure:                azure.Options{TPM: cfg.TPM, IMDS: cfg.AzureIMDS},
 		AzureEvidenceVersion: cfg.AzureEvidenceVersion, SampleFallback: cfg.SampleFallback,
 	}
@@ -95,4 +101,29 @@ func bindInitData(ctx context.Context, att attester.Attester, initData []byte, l
 	}
 	log.Info("init-data bound", "tee", att.Tee(), "pcr", 8, "extended", extended)
 	return nil
+}
+
+// openEventLog opens the runtime event log of an attestation agent whose
+// configuration enables it. On a TEE without runtime registers every
+// request answers NOT_SUPPORTED, as guest-components does (where its AA
+// would crash at start on SNP); a write-ahead file that cannot be
+// finished refuses the start.
+func (d *Daemon) openEventLog(ctx context.Context, cfg *config.Config, att attester.Attester) (*eventlog.Recorder, error) {
+	log := d.log.With("component", "eventlog")
+	var why error
+	if m, ok := att.(attester.Measurer); !ok {
+		why = fmt.Errorf("the %s TEE has no runtime measurement registers", att.Tee())
+	} else if regs, err := m.RuntimeRegisters(); err != nil {
+		why = err
+	} else {
+		l, err := eventlog.Open(ctx, eventlog.Config{Dir: cfg.EventLogDir, InitPCR: cfg.InitPCR, Registers: regs, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		d.closers = append(d.closers, func() { l.Close() })
+		log.Info("runtime event log enabled", "dir", cfg.EventLogDir, "init_pcr", cfg.InitPCR, "tee", att.Tee())
+		return eventlog.NewRecorder(l, nil, log), nil
+	}
+	log.Warn("enable_eventlog is set, but runtime measurements are not supported here: ExtendRuntimeMeasurement answers NOT_SUPPORTED", "tee", att.Tee(), "reason", why)
+	return eventlog.NewRecorder(nil, why, log), nil
 }

@@ -7,7 +7,10 @@ package forward
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"sync"
 
 	"github.com/containerd/ttrpc"
@@ -16,6 +19,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/internal/unixsock"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
@@ -116,6 +120,25 @@ func (r RemoteAA) Token(ctx context.Context) (string, []byte, error) {
 		return "", nil, core.FromStatus(err)
 	}
 	return core.ParseTokenJSON(resp.GetToken())
+}
+
+// Measure asks the AA to record ev (ExtendRuntimeMeasurement, at
+// init_pcr). A socket that does not exist is eventlog.ErrNoAgent.
+func (r RemoteAA) Measure(ctx context.Context, ev eventlog.Event) (eventlog.Result, error) {
+	if _, err := os.Stat(r.socket); errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("%w at %s", eventlog.ErrNoAgent, r.socket)
+	}
+	c, err := r.client(ctx)
+	if err != nil {
+		return 0, core.Unreachable("AA socket", err)
+	}
+	resp, err := aa.NewAttestationAgentServiceClient(c).ExtendRuntimeMeasurement(ctx, &aa.ExtendRuntimeMeasurementRequest{
+		Domain: ev.Domain, Operation: ev.Operation, Content: ev.Content,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("AA ExtendRuntimeMeasurement: %w", err)
+	}
+	return eventlog.Result(resp.GetResult()), nil
 }
 
 // Plugin serves a plugin call over the CDH socket's GetResource, which takes

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/api/aa"
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,7 +18,9 @@ type AAConfig struct {
 	Tee      string            // GetTeeType
 	Evidence core.EvidenceFunc // GetEvidence
 	Token    core.TokenFunc    // GetToken("kbs")
-	Budget   time.Duration
+	// Measure records ExtendRuntimeMeasurement; nil answers NOT_ENABLED.
+	Measure *eventlog.Recorder
+	Budget  time.Duration
 }
 
 // RegisterAA registers AttestationAgentService.
@@ -65,9 +68,37 @@ func (s *aaService) GetAdditionalTees(context.Context, *aa.GetAdditionalTeesRequ
 	return &aa.GetAdditionalTeesResponse{}, nil
 }
 
-// ExtendRuntimeMeasurement answers NOT_ENABLED, which CDH treats as non-fatal.
-func (s *aaService) ExtendRuntimeMeasurement(context.Context, *aa.ExtendRuntimeMeasurementRequest) (*aa.ExtendRuntimeMeasurementResponse, error) {
-	return &aa.ExtendRuntimeMeasurementResponse{Result: aa.RuntimeMeasurementResult_NOT_ENABLED}, nil
+// ExtendRuntimeMeasurement records an event in the runtime event log:
+// NOT_ENABLED without enable_eventlog, NOT_SUPPORTED on a TEE without
+// runtime registers, else OK once the register is extended and the event
+// logged. RegisterIndex is a PCR number, mapped by the platform.
+func (s *aaService) ExtendRuntimeMeasurement(ctx context.Context, req *aa.ExtendRuntimeMeasurementRequest) (*aa.ExtendRuntimeMeasurementResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Budget)
+	defer cancel()
+	ev := eventlog.Event{Domain: req.GetDomain(), Operation: req.GetOperation(), Content: req.GetContent()}
+	res, err := s.cfg.Measure.Record(ctx, ev, req.RegisterIndex)
+	if err != nil {
+		return nil, measureStatus(err)
+	}
+	return &aa.ExtendRuntimeMeasurementResponse{Result: aa.RuntimeMeasurementResult(res)}, nil
+}
+
+// measureStatus gives a failed measurement its status: the caller's
+// mistake is InvalidArgument, a log that cannot be continued
+// FailedPrecondition, the registers' failure Internal (upstream answers
+// Internal for everything).
+func measureStatus(err error) error {
+	var ie *eventlog.InvalidEventError
+	var ce *eventlog.CorruptError
+	switch {
+	case errors.As(err, &ie), errors.Is(err, eventlog.ErrRegister):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &ce):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return status.Error(codes.DeadlineExceeded, "extend runtime measurement: "+err.Error())
+	}
+	return status.Error(codes.Internal, "extend runtime measurement: "+err.Error())
 }
 
 func (s *aaService) GetAdditionalEvidence(context.Context, *aa.GetAdditionalEvidenceRequest) (*aa.GetEvidenceResponse, error) {

@@ -41,6 +41,9 @@ type CDHConfig struct {
 	Secrets Secrets       // required: the same cache and token as HTTP
 	Images  Images        // nil: PullImage and the key provider answer Unimplemented
 	Mounts  Mounts        // nil: SecureMount answers Unimplemented
+	// Measure records each pulled image in the runtime event log; nil
+	// measures nothing.
+	Measure MeasureFunc
 	Budget  time.Duration // per call but PullImage; zero → DefaultBudget
 	Logger  *slog.Logger
 }
@@ -67,7 +70,7 @@ func RegisterCDH(srv *ttrpc.Server, cfg CDHConfig) error {
 		cdh.RegisterSecureMountServiceService(srv, unimplemented{})
 	}
 	if cfg.Images != nil {
-		im := &imageService{images: cfg.Images, budget: cfg.Budget, log: s.log}
+		im := &imageService{images: cfg.Images, budget: cfg.Budget, log: s.log, measure: cfg.Measure}
 		cdh.RegisterImagePullServiceService(srv, im)
 		keyprovider.RegisterKeyProviderServiceService(srv, im)
 	} else {

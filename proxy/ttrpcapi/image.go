@@ -12,25 +12,66 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 	"github.com/cdh-proxy/cdh-proxy/api/keyprovider"
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/imagepull"
 )
 
 // imageService is api.ImagePullService and keyprovider.KeyProviderService.
 type imageService struct {
-	images Images
-	budget time.Duration
-	log    *slog.Logger
+	images  Images
+	budget  time.Duration
+	log     *slog.Logger
+	measure MeasureFunc
 }
+
+// MeasureFunc records an event in the runtime event log: the process's
+// own log, or the attestation agent's over its socket.
+type MeasureFunc func(ctx context.Context, ev eventlog.Event) (eventlog.Result, error)
+
+// MeasureTimeout bounds the measurement of a pull, as guest-components'
+// CDH bounds its call to the AA.
+const MeasureTimeout = 10 * time.Second
 
 // PullImage runs under the caller's deadline alone (kata-agent sends
 // agent.image_pull_timeout, 1200 s by default): a pull may rightly take
 // far longer than a secret.
+//
+// Each pulled image is then recorded in the runtime event log, as
+// guest-components' CDH does. A log that is off or a TEE without runtime
+// registers is no error. A failed record fails the pull: a KBS policy
+// that releases keys only to guests whose log shows the image would
+// otherwise see a guest run an image it cannot account for.
 func (s *imageService) PullImage(ctx context.Context, req *cdh.ImagePullRequest) (*cdh.ImagePullResponse, error) {
 	dg, err := s.images.Pull(ctx, req.GetImageUrl(), req.GetBundlePath())
 	if err != nil {
 		return nil, imageStatus(err)
 	}
+	if err := s.measurePull(ctx, req.GetImageUrl(), dg); err != nil {
+		return nil, err
+	}
 	return &cdh.ImagePullResponse{ManifestDigest: dg}, nil
+}
+
+func (s *imageService) measurePull(ctx context.Context, image, digest string) error {
+	if s.measure == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, MeasureTimeout)
+	defer cancel()
+	res, err := s.measure(ctx, eventlog.PullImageEvent(image, digest))
+	switch {
+	case errors.Is(err, eventlog.ErrNoAgent):
+		s.log.Debug("image pull not measured: no attestation agent", "image", image, "reason", err)
+		return nil
+	case err != nil:
+		s.log.Error("image pull not measured: the pull fails", "image", image, "err", err)
+		return status.Errorf(codes.Internal, "image %s was pulled but could not be measured into the runtime event log: %v", image, err)
+	case res == eventlog.OK:
+		s.log.Info("image pull measured", "image", image, "digest", digest)
+	default:
+		s.log.Warn("image pull not measured", "image", image, "result", res.String())
+	}
+	return nil
 }
 
 func (s *imageService) UnWrapKey(ctx context.Context, in *keyprovider.KeyProviderKeyWrapProtocolInput) (*keyprovider.KeyProviderKeyWrapProtocolOutput, error) {

@@ -34,6 +34,8 @@ type TDX struct {
 	// FlipReportData makes the "hardware" misbehave: the quote carries
 	// report data that differs from the request in one bit.
 	FlipReportData bool
+	// RTMR, when set, are the TD's runtime registers, quoted as they are.
+	RTMR *RTMR
 
 	rootDER, interDER, pckDER []byte
 	pckKey, akKey             *ecdsa.PrivateKey
@@ -158,6 +160,11 @@ func (t *TDX) Quote(ctx context.Context, rd [64]byte) ([]byte, error) {
 	}
 	q.TdQuoteBody.ReportData = rd[:]
 	q.TdQuoteBody.MrConfigId = t.MrConfigID[:]
+	if t.RTMR != nil {
+		if q.TdQuoteBody.Rtmrs, err = t.RTMR.Values(); err != nil {
+			return nil, err
+		}
+	}
 
 	sd := q.SignedData
 	qe := sd.CertificationData.QeReportCertificationData
@@ -235,7 +242,7 @@ func (t *TDX) Save(dir string) error {
 // LoadTDX is the counterpart of Save.
 func LoadTDX(dir string) (*TDX, error) {
 	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
-	t := &TDX{}
+	t := &TDX{RTMR: &RTMR{Dir: dir}}
 	var err error
 	for _, f := range []struct {
 		name string

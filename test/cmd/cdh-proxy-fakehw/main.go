@@ -1,8 +1,9 @@
 // Command cdh-proxy-fakehw is cdh-proxy on simulated hardware, for the
 // end-to-end tests and the README's evidence examples: the same commands
 // (internal/cli) with the configfs-tsm of a test/fakehw simulator saved in
-// $CDH_PROXY_FAKEHW_DIR for $CDH_PROXY_FAKEHW (tdx or snp), and the real
-// /dev and vTPM hidden. It is never shipped: the production binary,
+// $CDH_PROXY_FAKEHW_DIR for $CDH_PROXY_FAKEHW (tdx or snp; for tdx also
+// its runtime registers and CCEL there), and the real /dev, vTPM and
+// firmware log hidden. It is never shipped: the production binary,
 // cmd/cdh-proxy, contains no simulator.
 package main
 
@@ -30,15 +31,21 @@ func main() {
 // machine with no TEE at all (never the test machine's own devices).
 func hardware() (daemon.Hardware, error) {
 	noDev := filepath.Join(os.TempDir(), "cdh-proxy-fakehw-no-dev")
-	hw := daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: noDev, TPM: filepath.Join(noDev, "tpmrm0")}
+	hw := daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: noDev, TPM: filepath.Join(noDev, "tpmrm0"), CCEL: filepath.Join(noDev, "CCEL")}
 	tee := os.Getenv("CDH_PROXY_FAKEHW")
 	if tee == "" {
 		return hw, nil
 	}
-	fs, err := fakehw.LoadConfigFS(tee, os.Getenv("CDH_PROXY_FAKEHW_DIR"))
+	dir := os.Getenv("CDH_PROXY_FAKEHW_DIR")
+	fs, err := fakehw.LoadConfigFS(tee, dir)
 	if err != nil {
 		return hw, err
 	}
 	hw.TSM = fs
+	if tee == "tdx" {
+		// The TD's runtime registers and firmware log, shared by the
+		// processes of one simulated guest (fakehw.RTMR.Firmware).
+		hw.RTMR, hw.CCEL = fakehw.RTMR{Dir: dir}, filepath.Join(dir, "CCEL")
+	}
 	return hw, nil
 }

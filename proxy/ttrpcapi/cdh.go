@@ -38,9 +38,9 @@ type Images interface {
 
 // CDHConfig configures the Confidential Data Hub ttrpc services.
 type CDHConfig struct {
-	Secrets Secrets       // required: the same cache and token as HTTP
-	Images  Images        // nil: PullImage and the key provider answer Unimplemented
-	Mounts  Mounts        // nil: SecureMount answers Unimplemented
+	Secrets Secrets // required: the same cache and token as HTTP
+	Images  Images  // nil: PullImage and the key provider answer Unimplemented
+	Mounts  Mounts  // nil: SecureMount answers Unimplemented
 	// Measure records each pulled image in the runtime event log; nil
 	// measures nothing.
 	Measure MeasureFunc

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +18,8 @@ import (
 // verifyTDX checks a TDX quote as Trustee's verifier does, without network:
 // PCK chain to a trusted root, QE report signed by the PCK, AK bound into the
 // QE report, header+body signed by the AK (go-tdx-guest verify), then the
-// report_data binding and, with init-data, MRCONFIGID.
+// report_data binding, with init-data MRCONFIGID, and a cc_eventlog's
+// replay against RTMR0-3 (eventlog.go).
 func verifyTDX(primary json.RawMessage, digest []byte, initDigest []byte, roots *x509.CertPool, now time.Time) (map[string]any, error) {
 	if roots == nil {
 		return nil, errors.New("no TDX trust anchors configured in the test KBS")
@@ -28,11 +30,6 @@ func verifyTDX(primary json.RawMessage, digest []byte, initDigest []byte, roots 
 	}
 	if err := json.Unmarshal(primary, &ev); err != nil || ev.Quote == nil {
 		return nil, fmt.Errorf("tdx evidence is not {\"cc_eventlog\",\"quote\"}: %v", err)
-	}
-	if ev.CCEventlog != nil {
-		// Trustee replays the log against RTMR0-3; the test KBS cannot, so it
-		// refuses rather than pretend.
-		return nil, errors.New("cc_eventlog replay is not implemented in the test KBS; send null")
 	}
 	quote, err := base64.StdEncoding.DecodeString(*ev.Quote)
 	if err != nil {
@@ -58,5 +55,30 @@ func verifyTDX(primary json.RawMessage, digest []byte, initDigest []byte, roots 
 			return nil, errors.New("init-data digest does not match MRCONFIGID")
 		}
 	}
-	return map[string]any{"report_data": fmt.Sprintf("%x", rd)}, nil
+	claims := map[string]any{"report_data": fmt.Sprintf("%x", rd)}
+	// A log is replayed against RTMR0-3 and any mismatch fails
+	// attestation; null or empty passes (Trustee only warns).
+	if ev.CCEventlog != nil && *ev.CCEventlog != "" {
+		raw, err := base64.StdEncoding.DecodeString(*ev.CCEventlog)
+		if err != nil {
+			return nil, errors.New("cc_eventlog is not standard base64")
+		}
+		events, err := parseCCEventLog(raw)
+		if err != nil {
+			return nil, fmt.Errorf("parse CC eventlog: %w", err)
+		}
+		body := 48 // header; a v5 quote adds its body descriptor
+		if binary.LittleEndian.Uint16(quote) == 5 {
+			body += 6
+		}
+		for i := range 4 {
+			const rtmr0 = 328
+			rtmr := quote[body+rtmr0+48*i : body+rtmr0+48*(i+1)]
+			if got := replayCCEL(events, uint32(i+1)); !bytes.Equal(got, rtmr) {
+				return nil, fmt.Errorf("eventlog does not replay to RTMR%d: calculated %x, quoted %x", i, got, rtmr)
+			}
+		}
+		claims["uefi_event_logs"] = events
+	}
+	return claims, nil
 }

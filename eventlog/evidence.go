@@ -200,3 +200,20 @@ func (s Source) Read() ([]byte, error) {
 	}
 	return Evidence(ccel, aael)
 }
+
+// Growth returns how far the event log in dir ("" → DefaultDir) has
+// grown, in bytes: a token attested at one size has not seen the events
+// written since. Any process can watch the log the AA writes.
+func Growth(dir string) func() int64 {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	name := filepath.Join(dir, LogName)
+	return func() int64 {
+		fi, err := os.Stat(name)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+}

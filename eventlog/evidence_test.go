@@ -166,3 +166,15 @@ func TestSourceRead(t *testing.T) {
 		t.Errorf("--tdx-eventlog without AAEL: %d bytes, %v", len(b), err)
 	}
 }
+
+func TestGrowth(t *testing.T) {
+	dir := t.TempDir()
+	g := Growth(dir)
+	if g() != 0 {
+		t.Error("no log: want 0")
+	}
+	os.WriteFile(filepath.Join(dir, LogName), make([]byte, 77), 0o644)
+	if g() != 77 {
+		t.Errorf("Growth = %d, want 77", g())
+	}
+}

@@ -68,6 +68,12 @@ type Config struct {
 	// Trace, when set, receives the duration of each step ("keygen", "auth",
 	// "evidence", "attest", "resource", "decrypt"): for benchmarks and metrics.
 	Trace func(step string, d time.Duration)
+	// Measured, when set, says how far the runtime event log has grown.
+	// A token attested before it grew lacks the newer events, which a
+	// resource policy may ask for (an image pulled, …): a PolicyDeny on
+	// such a token re-attests once, as guest-components re-attests on
+	// any 401. Without it, PolicyDeny is final.
+	Measured func() int64
 }
 
 // Stats are cumulative counters, for metrics and tests.
@@ -282,6 +288,11 @@ func (c *Client) get(ctx context.Context, op, suffix string, decode decodeFunc) 
 				stale, reattested = s, true
 				continue
 			}
+			if !reattested && kerr.KBSType == TypePolicyDeny && s != nil && c.measuredSince(s) {
+				c.log.Info("KBS policy denied a token older than the latest runtime measurement; re-attesting once", "kbs", kerr.KBS)
+				stale, reattested = s, true
+				continue
+			}
 			if !transient(err) {
 				return nil, err
 			}
@@ -450,7 +461,9 @@ func (c *Client) handshake(ctx context.Context, ep *endpoint) (*session, error) 
 		return nil, &Error{Kind: BadResponse, Op: "auth", Msg: "challenge extra-params", Err: err}
 	}
 
-	// evidence bound to nonce and key
+	// evidence bound to nonce and key; the event log is read no earlier
+	// than this, so an event recorded from here on counts as newer
+	measured := c.measured()
 	const additional = "" // no additional devices
 	rd, err := ReportData(h, ch.Nonce, key.jwk, additional)
 	if err != nil {
@@ -499,7 +512,20 @@ func (c *Client) handshake(ctx context.Context, ep *endpoint) (*session, error) 
 		obtained:  now,
 		expires:   now.Add(life),
 		refreshAt: refreshPoint(now, life, c.cfg.Rand()),
+		measured:  measured,
 	}, nil
+}
+
+func (c *Client) measured() int64 {
+	if c.cfg.Measured == nil {
+		return 0
+	}
+	return c.cfg.Measured()
+}
+
+// measuredSince reports runtime measurements newer than s's attestation.
+func (c *Client) measuredSince(s *session) bool {
+	return c.cfg.Measured != nil && c.cfg.Measured() != s.measured
 }
 
 func (c *Client) post(ctx context.Context, hc *http.Client, ep *endpoint, op string, body []byte) ([]byte, error) {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -402,5 +403,34 @@ func TestTransientFailuresRetried(t *testing.T) {
 	_, _ = d.client.Resource(context.Background(), coco)
 	if c := d.kbs.Counts(); c.Resource != 1 {
 		t.Fatalf("policy deny retried: %d requests", c.Resource)
+	}
+}
+
+// A PolicyDeny on a token older than the latest runtime measurement
+// re-attests once (the new evidence may show what the policy asks for);
+// on a token that has seen every measurement it is final.
+func TestPolicyDenyReattestsAfterMeasurement(t *testing.T) {
+	var grown atomic.Int64
+	f := newFixture(t, kbs.Config{Policy: kbs.Policy{Allow: []string{"default/akv/other"}}}, Config{Measured: grown.Load})
+	deny := func(wantHandshakes uint64) {
+		t.Helper()
+		_, err := f.client.Resource(context.Background(), coco)
+		var kerr *Error
+		if !errors.As(err, &kerr) || kerr.KBSType != TypePolicyDeny {
+			t.Fatalf("err = %v, want PolicyDeny", err)
+		}
+		if got := f.client.Stats().Handshakes; got != wantHandshakes {
+			t.Fatalf("%d handshakes, want %d", got, wantHandshakes)
+		}
+	}
+	deny(1) // attests, denied: final
+	deny(1) // same token, nothing measured since: no new attestation
+	grown.Store(100)
+	deny(2) // measured since: one new attestation, still denied
+	deny(2) // the new token has seen it all
+	// Allowed once the KBS sees what it wants: the re-attested token works.
+	f.kbs.SetPolicy(kbs.Policy{})
+	if _, err := f.client.Resource(context.Background(), coco); err != nil {
+		t.Fatal(err)
 	}
 }

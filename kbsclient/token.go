@@ -23,6 +23,7 @@ type session struct {
 	obtained  time.Time // local clock
 	expires   time.Time // local clock: obtained + (exp - iat)
 	refreshAt time.Time // proactive refresh point
+	measured  int64     // Config.Measured when the evidence was taken
 }
 
 func (s *session) String() string { return "[REDACTED session]" }

@@ -71,6 +71,7 @@ func NewKBSClient(cfg *config.Config, att attester.Attester, log *slog.Logger, t
 		URL: cfg.KBSURLs[0], URLs: cfg.KBSURLs[1:], FailbackAfter: cfg.KBSFailback, Attester: att,
 		KeyAlgorithm: kbsclient.KeyAlgorithm(cfg.KeyAlgorithm), InitData: cfg.InitData,
 		HTTPClient: hc, Logger: log, HandshakeTimeout: cfg.Budget, Trace: trace,
+		Measured: eventlog.Growth(cfg.EventLogDir),
 	})
 	if err != nil {
 		return nil, ConfigError{err}

@@ -48,14 +48,15 @@ func DefaultPlugins() map[string]Plugin {
 }
 
 func (s *Server) handlePlugin(w http.ResponseWriter, r *http.Request, name string, p Plugin, sub string) {
-	tee, jwk, ok := s.authorize(w, r)
+	g, ok := s.authorize(w, r)
 	if !ok {
 		return
 	}
+	jwk := g.jwk
 	s.mu.Lock()
 	pol := s.policy
 	s.mu.Unlock()
-	if !pol.allowsPlugin(tee, name) {
+	if !pol.allowsPlugin(g.tee, name) {
 		writeError(w, http.StatusUnauthorized, "PolicyDeny", "Access denied by policy")
 		return
 	}

@@ -32,6 +32,36 @@ type Policy struct {
 	Allow []string
 	// DenyPlugins names plugins (other than resource) the policy denies.
 	DenyPlugins []string
+	// RequireEvent, when set, releases resources only to a guest whose
+	// attestation showed this runtime event, as a Rego rule over
+	// tdx.uefi_event_logs would.
+	RequireEvent *EventRule
+}
+
+// EventRule matches an AAEL event in the claims: its domain and
+// operation, the given fields of its JSON content, and a digest that
+// matches the event (Trustee only reports that; a policy must ask).
+type EventRule struct {
+	Domain, Operation string
+	Content           map[string]string
+}
+
+func (r *EventRule) matches(events []ccEvent) bool {
+	for _, e := range events {
+		data, _ := e.Details["data"].(map[string]any)
+		if !e.DigestMatchesEvent || data == nil || data["domain"] != r.Domain || data["operation"] != r.Operation {
+			continue
+		}
+		content, _ := data["content"].(map[string]any)
+		ok := true
+		for k, v := range r.Content {
+			ok = ok && content[k] == v
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // allowsPlugin is the policy for plugins other than resource; Trustee's
@@ -43,8 +73,11 @@ func (p Policy) allowsPlugin(tee, plugin string) bool {
 	return !slices.Contains(p.DenyPlugins, plugin)
 }
 
-func (p Policy) allows(tee, res string) bool {
-	if p.DenySample && tee == "sample" {
+func (p Policy) allows(g grant, res string) bool {
+	if p.DenySample && g.tee == "sample" {
+		return false
+	}
+	if p.RequireEvent != nil && !p.RequireEvent.matches(g.events) {
 		return false
 	}
 	if len(p.Allow) == 0 {
@@ -68,7 +101,7 @@ func bearer(r *http.Request) (string, bool) {
 // authorize checks the token as Trustee does before any plugin runs:
 // Bearer header, else the cookie of an attested session. It answers the
 // 401 itself when there is none or it does not verify.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (tee string, jwk map[string]string, ok bool) {
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (g grant, ok bool) {
 	raw, ok := bearer(r)
 	if !ok {
 		if _, sess := s.sessionFrom(r); sess != nil {
@@ -79,26 +112,27 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (tee string, 
 	}
 	if !ok {
 		writeError(w, http.StatusUnauthorized, "TokenNotFound", "Attestation Token not found")
-		return "", nil, false
+		return grant{}, false
 	}
-	tee, jwk, err := s.verifyToken(raw)
+	g, err := s.verifyToken(raw)
 	if err != nil {
 		s.log.Info("token rejected", "err", err)
 		writeError(w, http.StatusUnauthorized, "TokenVerifierError", "Token Verifier error")
-		return "", nil, false
+		return grant{}, false
 	}
-	return tee, jwk, true
+	return g, true
 }
 
 func (s *Server) handleGetResource(w http.ResponseWriter, r *http.Request, escaped string) {
-	tee, jwk, ok := s.authorize(w, r)
+	g, ok := s.authorize(w, r)
 	if !ok {
 		return
 	}
+	jwk := g.jwk
 	s.mu.Lock()
 	pol := s.policy
 	s.mu.Unlock()
-	if unescaped, _ := url.PathUnescape(escaped); !pol.allows(tee, unescaped) {
+	if unescaped, _ := url.PathUnescape(escaped); !pol.allows(g, unescaped) {
 		writeError(w, http.StatusUnauthorized, "PolicyDeny", "Access denied by policy")
 		return
 	}

@@ -1,6 +1,7 @@
 package kbs
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -12,13 +13,15 @@ import (
 type tokenClaims struct {
 	jwt.Claims
 	Submods map[string]struct {
-		Evidence struct {
-			RuntimeData struct {
-				TeePubKey map[string]string `json:"tee-pubkey"`
-			} `json:"runtime_data_claims"`
-			Tee string `json:"tee"`
-		} `json:"ear.veraison.annotated-evidence"`
+		Evidence map[string]json.RawMessage `json:"ear.veraison.annotated-evidence"`
 	} `json:"submods"`
+}
+
+// grant is what a verified token lets the policy see.
+type grant struct {
+	tee    string
+	jwk    map[string]string
+	events []ccEvent // the tee's uefi_event_logs claim, if any
 }
 
 // issueToken signs an ES256 EAR-shaped token; the tee-pubkey sits at
@@ -41,9 +44,10 @@ func (s *Server) issueToken(tee string, jwk map[string]string, evidenceClaims ma
 		"submods": map[string]any{
 			"cpu0": map[string]any{
 				"ear.status": "affirming",
+				// Trustee keys the verifier's claims by tee name.
 				"ear.veraison.annotated-evidence": map[string]any{
 					"tee":                 tee,
-					"evidence":            evidenceClaims,
+					tee:                   evidenceClaims,
 					"runtime_data_claims": map[string]any{"tee-pubkey": jwk},
 				},
 			},
@@ -53,25 +57,39 @@ func (s *Server) issueToken(tee string, jwk map[string]string, evidenceClaims ma
 }
 
 // verifyToken checks signature and exp (with Trustee's 60 s leeway) and
-// returns the tee and tee-pubkey.
-func (s *Server) verifyToken(raw string) (tee string, jwk map[string]string, err error) {
+// returns what the token grants.
+func (s *Server) verifyToken(raw string) (grant, error) {
 	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.ES256})
 	if err != nil {
-		return "", nil, fmt.Errorf("parse token: %w", err)
+		return grant{}, fmt.Errorf("parse token: %w", err)
 	}
 	var c tokenClaims
 	if err := tok.Claims(&s.signKey.PublicKey, &c); err != nil {
-		return "", nil, fmt.Errorf("token signature: %w", err)
+		return grant{}, fmt.Errorf("token signature: %w", err)
 	}
 	if c.Expiry == nil {
-		return "", nil, errors.New("token has no exp")
+		return grant{}, errors.New("token has no exp")
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{Time: s.cfg.Now().Add(s.protocolFaults().ClockSkew)}, tokenLeeway); err != nil {
-		return "", nil, err
+		return grant{}, err
 	}
-	sub, ok := c.Submods["cpu0"]
-	if !ok || sub.Evidence.RuntimeData.TeePubKey == nil {
-		return "", nil, errors.New("token has no tee-pubkey claim")
+	ev := c.Submods["cpu0"].Evidence
+	var g grant
+	var rt struct {
+		TeePubKey map[string]string `json:"tee-pubkey"`
 	}
-	return sub.Evidence.Tee, sub.Evidence.RuntimeData.TeePubKey, nil
+	if json.Unmarshal(ev["tee"], &g.tee) != nil || json.Unmarshal(ev["runtime_data_claims"], &rt) != nil || rt.TeePubKey == nil {
+		return grant{}, errors.New("token has no tee-pubkey claim")
+	}
+	g.jwk = rt.TeePubKey
+	var teeClaims struct {
+		Events []ccEvent `json:"uefi_event_logs"`
+	}
+	if raw, ok := ev[g.tee]; ok {
+		if err := json.Unmarshal(raw, &teeClaims); err != nil {
+			return grant{}, fmt.Errorf("token's %s claims: %w", g.tee, err)
+		}
+	}
+	g.events = teeClaims.Events
+	return g, nil
 }

@@ -71,6 +71,10 @@ func (r *Recorder) Record(ctx context.Context, ev Event, pcr *uint64) (Result, e
 	return OK, nil
 }
 
+// MeasureFunc records an event: the process's own Recorder, or the
+// attestation agent's over its socket.
+type MeasureFunc func(ctx context.Context, ev Event) (Result, error)
+
 // PullImageEvent is the event guest-components' CDH records after every
 // image it pulls, content byte for byte as it writes it (one space after
 // the comma; image references hold no characters JSON would escape).

@@ -157,7 +157,7 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 	if parts.HTTP {
 		h, err := httpapi.NewHandler(httpapi.Config{
 			Resources: secrets, Ready: ready, Budget: cfg.Budget, Logger: log,
-			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Metrics: m, RequireHeader: cfg.RequireHeader,
+			Features: cfg.Features, Evidence: att.Evidence, Token: kbs.Token, Measure: measure, Metrics: m, RequireHeader: cfg.RequireHeader,
 		})
 		if err != nil {
 			return nil, ConfigError{err}

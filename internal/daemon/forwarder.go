@@ -43,7 +43,7 @@ func (f Forwarder) Run(ctx context.Context) error {
 	remoteAA := forward.RemoteAA{Remote: aaRemote}
 	h, err := httpapi.NewHandler(httpapi.Config{
 		Resources: forward.RemoteCDH{Remote: cdhRemote}, Logger: log, Features: f.Features,
-		Evidence: remoteAA.Evidence, Token: remoteAA.Token,
+		Evidence: remoteAA.Evidence, Token: remoteAA.Token, Measure: remoteAA.Measure,
 	})
 	if err != nil {
 		return ConfigError{err}

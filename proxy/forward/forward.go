@@ -136,7 +136,7 @@ func (r RemoteAA) Measure(ctx context.Context, ev eventlog.Event) (eventlog.Resu
 		Domain: ev.Domain, Operation: ev.Operation, Content: ev.Content,
 	})
 	if err != nil {
-		return 0, fmt.Errorf("AA ExtendRuntimeMeasurement: %w", err)
+		return 0, core.FromStatus(err)
 	}
 	return eventlog.Result(resp.GetResult()), nil
 }

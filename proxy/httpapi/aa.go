@@ -3,9 +3,13 @@ package httpapi
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 )
 
 // evidence serves GET /aa/evidence?runtime_data=<v>[&encoding=base64] as
@@ -75,3 +79,63 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(b)
 }
+
+// reservedDomain is the domain of the guest's own components' events
+// (the CDH's measured pulls): a workload must not be able to record an
+// event a KBS policy takes for theirs (guest-components PR #1593).
+const reservedDomain = "github.com/confidential-containers"
+
+// aaelResults are api-server-rest's answers, word for word.
+var aaelResults = map[eventlog.Result]string{
+	eventlog.OK:           `{"success":"true"}`,
+	eventlog.NotSupported: `{"success":"false","message": "The platform does not support runtime measurement"}`,
+	eventlog.NotEnabled:   `{"success":"false","message": "Attestation Agent does not enable eventlog recording"}`,
+}
+
+// aael serves POST /aa/aael {"domain","operation","content"}: a workload
+// records an event in the runtime event log, as through api-server-rest.
+func (h *handler) aael(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Domain    *string `json:"domain"`
+		Operation *string `json:"operation"`
+		Content   *string `json:"content"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAAELBody)).Decode(&body); err != nil ||
+		body.Domain == nil || body.Operation == nil || body.Content == nil {
+		writeProblem(w, core.BadRequest(`body must be {"domain","operation","content"}, all strings, at most 64 KiB`))
+		return
+	}
+	ev := eventlog.Event{Domain: *body.Domain, Operation: *body.Operation, Content: *body.Content}
+	if ev.Domain == reservedDomain || strings.HasPrefix(ev.Domain, reservedDomain+"/") {
+		writeProblem(w, core.Problem{Type: "urn:cdh-proxy:reserved-domain", Title: "Forbidden", Status: http.StatusForbidden,
+			Detail: "domain " + reservedDomain + " is the guest components' own (the CDH's measured pulls); a workload cannot record in it"})
+		return
+	}
+	res := eventlog.NotEnabled
+	if h.cfg.Measure != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Budget)
+		defer cancel()
+		var err error
+		if res, err = h.cfg.Measure(ctx, ev); err != nil {
+			var ie *eventlog.InvalidEventError
+			switch {
+			case errors.As(err, &ie), errors.Is(err, eventlog.ErrRegister):
+				writeProblem(w, core.BadRequest(err.Error()))
+			case errors.Is(err, eventlog.ErrNoAgent):
+				h.fail(w, r, "aael", core.Classify(core.Unreachable("AA socket", err)), "err", err)
+			default:
+				h.fail(w, r, "aael", core.Classify(err), "err", err)
+			}
+			return
+		}
+	}
+	msg, ok := aaelResults[res]
+	if !ok {
+		msg = `{"success":"false","message": "Unknown runtime measurement result"}`
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(msg))
+}
+
+const maxAAELBody = 64 << 10

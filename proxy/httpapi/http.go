@@ -19,6 +19,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/metrics"
 	"github.com/cdh-proxy/cdh-proxy/resource"
 )
@@ -56,6 +57,8 @@ type Config struct {
 	// attestation is enabled.
 	Evidence core.EvidenceFunc
 	Token    core.TokenFunc
+	// Measure serves POST /aa/aael; nil answers as a disabled event log.
+	Measure eventlog.MeasureFunc
 	// Metrics, when set, counts requests and is served at /metrics.
 	Metrics *metrics.Metrics
 	// RequireHeader, when set, must be present on every request (anti-SSRF).
@@ -99,9 +102,11 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if attestationOn {
 		r.Get("/aa/evidence", h.evidence)
 		r.Get("/aa/token", h.token)
+		r.Post("/aa/aael", h.aael)
 	} else {
 		r.Get("/aa/evidence", featureOff("attestation"))
 		r.Get("/aa/token", featureOff("attestation"))
+		r.Post("/aa/aael", featureOff("attestation"))
 	}
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeText(w, http.StatusOK, "ok\n") })
 	r.Get("/readyz", h.readyz)

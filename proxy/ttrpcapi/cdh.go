@@ -18,6 +18,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/api/cdh"
 	"github.com/cdh-proxy/cdh-proxy/api/keyprovider"
 	"github.com/cdh-proxy/cdh-proxy/core"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 )
 
 // DefaultBudget bounds one call when the config leaves it zero: below
@@ -43,7 +44,7 @@ type CDHConfig struct {
 	Mounts  Mounts  // nil: SecureMount answers Unimplemented
 	// Measure records each pulled image in the runtime event log; nil
 	// measures nothing.
-	Measure MeasureFunc
+	Measure eventlog.MeasureFunc
 	Budget  time.Duration // per call but PullImage; zero → DefaultBudget
 	Logger  *slog.Logger
 }

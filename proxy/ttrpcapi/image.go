@@ -21,12 +21,8 @@ type imageService struct {
 	images  Images
 	budget  time.Duration
 	log     *slog.Logger
-	measure MeasureFunc
+	measure eventlog.MeasureFunc
 }
-
-// MeasureFunc records an event in the runtime event log: the process's
-// own log, or the attestation agent's over its socket.
-type MeasureFunc func(ctx context.Context, ev eventlog.Event) (eventlog.Result, error)
 
 // MeasureTimeout bounds the measurement of a pull, as guest-components'
 // CDH bounds its call to the AA.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +104,33 @@ func TestMeasuredImagePull(t *testing.T) {
 	mustContain(t, cdhProc.logs.String(), "older than the latest runtime measurement; re-attesting once")
 	mustContain(t, aaProc.logs.String(), `"msg":"runtime event log enabled"`)
 	mustContain(t, cdhProc.logs.String(), `"msg":"image pull measured"`)
+
+	// A workload's event through api-server-rest (--features all), into
+	// the same log; the guest components' own domain is not the
+	// workload's to write.
+	if err := os.Symlink(fakeProxyBin, filepath.Join(dir, "api-server-rest")); err != nil {
+		t.Fatal(err)
+	}
+	asr := startProxyProc(t, filepath.Join(dir, "api-server-rest"), env,
+		"--features", "all", "-b", "127.0.0.1:0", "--cdh_addr", "unix://"+cdhSock, "--aa_addr", "unix://"+aaSock)
+	postAAEL := func(body string) (int, string) {
+		resp, err := http.Post(asr.Base+"/aa/aael", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := postAAEL(`{"domain":"example.com","operation":"Configure","content":"mode=strict"}`); code != 200 || body != `{"success":"true"}` {
+		t.Errorf("workload event: %d %s", code, body)
+	}
+	if code, body := postAAEL(`{"domain":"github.com/confidential-containers","operation":"PullImage","content":"{}"}`); code != 403 {
+		t.Errorf("forged pull event: %d %s", code, body)
+	}
+	if log, _ := os.ReadFile(filepath.Join(logDir, eventlog.LogName)); bytes.Count(log, []byte("LEAA")) != 2 || !bytes.Contains(log, []byte("example.com Configure mode=strict")) {
+		t.Errorf("event log after the workload's event: %q", log)
+	}
 
 	// The AA's own API: a bad event is refused with its reason.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)

@@ -378,3 +378,25 @@ func TestAzureSettings(t *testing.T) {
 		t.Fatalf("unknown attester: %v", err)
 	}
 }
+
+// `cdh-proxy config` names the aa.toml that turned the event log on.
+func TestDescribeEventLog(t *testing.T) {
+	aa := filepath.Join(t.TempDir(), "aa.toml")
+	if err := os.WriteFile(aa, []byte("[token_configs.kbs]\nurl = \"https://kbs\"\n[eventlog_config]\nenable_eventlog = true\ninit_pcr = 23\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Flags{AAConfigFile: aa, Cmdline: "-", InitDataDir: "-"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Setting{}
+	for _, s := range c.Describe() {
+		got[s.Name] = s
+	}
+	if s := got["eventlog"]; s.Value != "true" || s.Source != aa+" [eventlog_config] enable_eventlog" {
+		t.Errorf("eventlog %+v", s)
+	}
+	if s := got["eventlog-init-pcr"]; s.Value != "23" || s.Source != aa+" [eventlog_config] init_pcr" {
+		t.Errorf("eventlog-init-pcr %+v", s)
+	}
+}

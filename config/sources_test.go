@@ -80,6 +80,12 @@ func TestDescribeRedacts(t *testing.T) {
 	if s := got["attester"]; s.Value != "auto" || s.Source != "default" {
 		t.Errorf("attester %+v", s)
 	}
+	if s := got["eventlog"]; s.Value != "false" || s.Source != "default" {
+		t.Errorf("eventlog %+v", s)
+	}
+	if s := got["eventlog-init-pcr"]; s.Value != "17" || s.Source != "default" {
+		t.Errorf("eventlog-init-pcr %+v", s)
+	}
 	if _, err := Load(Flags{KBSURLs: []string{"https://user:pw@kbs"}, Cmdline: "-", InitDataDir: "-"}, env(nil)); err == nil || strings.Contains(err.Error(), "pw") {
 		t.Errorf("KBS URL with user info: %v (must be refused, without echoing the password)", err)
 	}

@@ -4,6 +4,7 @@
 package tdx
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -111,27 +112,53 @@ func (a *Attester) Evidence(ctx context.Context, reportData []byte) (json.RawMes
 		return nil, attester.ErrReportDataTooLong
 	}
 	copy(rd[:], reportData) // zero-padded (spec "report_data binding")
-	quote, err := a.p.Quote(ctx, rd)
-	if err != nil {
-		return nil, fmt.Errorf("tdx quote: %w", err)
-	}
-	got, err := ReportDataOf(quote)
-	if err != nil {
-		return nil, err
-	}
-	if string(got) != string(rd[:]) {
-		return nil, errors.New("tdx quote does not carry the requested report_data")
-	}
-	ev := Evidence{Quote: base64.StdEncoding.EncodeToString(quote)}
-	if a.eventLog != nil {
-		log, err := a.eventLog()
+	// The log must show exactly the events the quoted RTMRs hold, or the
+	// verifier's replay fails; an event recorded while the quote is made
+	// would land in one and not the other. So the log is read before and
+	// after the quote, and the quote made again if it changed.
+	for range maxLogRaces {
+		before, err := a.readLog()
 		if err != nil {
-			return nil, fmt.Errorf("tdx event log: %w", err)
+			return nil, err
 		}
-		if log != nil {
-			s := base64.StdEncoding.EncodeToString(log)
+		quote, err := a.p.Quote(ctx, rd)
+		if err != nil {
+			return nil, fmt.Errorf("tdx quote: %w", err)
+		}
+		got, err := ReportDataOf(quote)
+		if err != nil {
+			return nil, err
+		}
+		if string(got) != string(rd[:]) {
+			return nil, errors.New("tdx quote does not carry the requested report_data")
+		}
+		after, err := a.readLog()
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(before, after) {
+			continue
+		}
+		ev := Evidence{Quote: base64.StdEncoding.EncodeToString(quote)}
+		if after != nil {
+			s := base64.StdEncoding.EncodeToString(after)
 			ev.CCEventlog = &s
 		}
+		return json.Marshal(ev)
 	}
-	return json.Marshal(ev)
+	return nil, fmt.Errorf("tdx event log: runtime events kept being recorded while %d quotes were made", maxLogRaces)
+}
+
+// maxLogRaces bounds the quotes made while the event log changes.
+const maxLogRaces = 3
+
+func (a *Attester) readLog() ([]byte, error) {
+	if a.eventLog == nil {
+		return nil, nil
+	}
+	log, err := a.eventLog()
+	if err != nil {
+		return nil, fmt.Errorf("tdx event log: %w", err)
+	}
+	return log, nil
 }

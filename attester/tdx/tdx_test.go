@@ -111,6 +111,29 @@ func TestEventLog(t *testing.T) {
 	}
 }
 
+// An event recorded while the quote is made would be in the log and not
+// in the quoted RTMRs (or the reverse): the quote is made again.
+func TestEventLogChangingDuringQuote(t *testing.T) {
+	hw, _ := fakehw.NewTDX()
+	reads := 0
+	logs := [][]byte{[]byte("one"), []byte("one two"), []byte("one two"), []byte("one two")}
+	a := tdx.New(hw, tdx.Options{EventLog: func() ([]byte, error) { reads++; return logs[min(reads-1, len(logs)-1)], nil }})
+	js, err := a.Evidence(context.Background(), []byte{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev tdx.Evidence
+	_ = json.Unmarshal(js, &ev)
+	if ev.CCEventlog == nil || *ev.CCEventlog != base64.StdEncoding.EncodeToString([]byte("one two")) || hw.Calls() != 2 {
+		t.Errorf("cc_eventlog %v after %d quotes, want the settled log after 2", ev.CCEventlog, hw.Calls())
+	}
+	n := 0
+	busy := tdx.New(hw, tdx.Options{EventLog: func() ([]byte, error) { n++; return []byte{byte(n)}, nil }})
+	if _, err := busy.Evidence(context.Background(), []byte{1}); err == nil || !strings.Contains(err.Error(), "kept being recorded") {
+		t.Errorf("a log that never settles: %v", err)
+	}
+}
+
 // The sysfs RTMR backend does what the kernel ABI asks: one 48-byte
 // write at offset 0 of rtmr<N>:sha384 (a plain file then holds exactly
 // the digest), 48-byte reads, RTMR N-1 for register N.

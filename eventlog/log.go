@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/internal/securefile"
 )
 
 // DefaultInitPCR is aa.toml's default init_pcr: RTMR3 on TDX.
@@ -99,7 +100,13 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		f.Close()
 		return nil, fmt.Errorf("eventlog: %w", err)
 	}
-	os.Remove(l.walPath() + ".tmp") // never renamed into place: nothing after it ran
+	// A temporary write-ahead file never renamed into place: nothing
+	// after it ran.
+	if tmps, err := filepath.Glob(filepath.Join(l.dir, "."+WALName+".tmp-*")); err == nil {
+		for _, t := range tmps {
+			os.Remove(t)
+		}
+	}
 	if err := l.recover(ctx); err != nil {
 		f.Close()
 		return nil, err
@@ -222,32 +229,10 @@ func (l *Log) read(ctx context.Context, reg uint32) ([]byte, error) {
 func (l *Log) writeWAL(off int64, expected []byte, text string) error {
 	b := binary.BigEndian.AppendUint64(nil, uint64(off))
 	b = append(append(b, expected...), text...)
-	tmp := l.walPath() + ".tmp"
-	if err := writeSync(tmp, b); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("eventlog: write-ahead file: %w", err)
-	}
-	if err := os.Rename(tmp, l.walPath()); err != nil {
-		os.Remove(tmp)
+	if err := securefile.Write(l.walPath(), b); err != nil {
 		return fmt.Errorf("eventlog: write-ahead file: %w", err)
 	}
 	return nil
-}
-
-func writeSync(name string, b []byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // writeEntry puts entry at off and ends the log there (a torn earlier

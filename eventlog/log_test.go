@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
+	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
 )
 
 // fakeRegisters has real extend semantics in memory. tdx maps PCRs as a
@@ -62,15 +63,7 @@ func (f *fakeRegisters) Register(pcr uint64) (uint32, error) {
 		}
 		return uint32(pcr), nil
 	}
-	switch {
-	case pcr == 1 || pcr == 7:
-		return 1, nil
-	case pcr >= 2 && pcr <= 6:
-		return 2, nil
-	case pcr >= 8 && pcr <= 15:
-		return 3, nil
-	}
-	return 4, nil
+	return tdx.RTMRs{}.Register(pcr)
 }
 
 func (f *fakeRegisters) Read(_ context.Context, reg uint32) ([]byte, error) {
@@ -432,10 +425,11 @@ func TestCorruptWALRefusesStart(t *testing.T) {
 // nothing after it ran, so it is dropped.
 func TestHalfWrittenWALIsDropped(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, WALName+".tmp"), []byte{1, 2, 3}, 0o644)
+	tmp := filepath.Join(dir, "."+WALName+".tmp-123")
+	os.WriteFile(tmp, []byte{1, 2, 3}, 0o644)
 	f := newFakeTDX()
 	open(t, dir, f)
-	if _, err := os.Stat(filepath.Join(dir, WALName+".tmp")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
 		t.Error("temporary write-ahead file left")
 	}
 }

@@ -151,10 +151,11 @@ type proxyProc struct {
 	stopInProcess func() error
 }
 
-// noTEE is a machine without any TEE, never the test machine's own devices.
+// noTEE is a machine without any TEE, never the test machine's own devices
+// (nor its firmware log).
 func noTEE(t *testing.T) daemon.Hardware {
 	dir := t.TempDir()
-	return daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: dir, TPM: filepath.Join(dir, "tpmrm0")}
+	return daemon.Hardware{TSM: fakehw.NoConfigFS(), DevDir: dir, TPM: filepath.Join(dir, "tpmrm0"), CCEL: filepath.Join(dir, "CCEL")}
 }
 
 // startProxy runs `cdh-proxy serve --attester sample args…` in this process

@@ -207,7 +207,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, sock := range []string{c.CDHSocket, c.AASocket, c.AAAddr} {
+	for _, sock := range []string{c.CDHSocket, c.AASocket} {
 		if sock != "" && !strings.HasPrefix(strings.TrimPrefix(sock, "unix://"), "/") {
 			errs = append(errs, fmt.Errorf("socket %q: want unix:///absolute/path", sock))
 		}

@@ -132,12 +132,15 @@ func New(ctx context.Context, cfg *config.Config, parts Parts, opt Options) (_ *
 		return recorder.Record(ctx, ev, nil)
 	}
 	if !parts.AA && !parts.HTTP {
-		remote, err := forward.NewRemote(cfg.AAAddr)
-		if err != nil {
-			return nil, ConfigError{err}
+		// Only measuring needs the AA socket: a bad one is warned about,
+		// not fatal, as upstream's CDH fails only to find it.
+		if remote, err := forward.NewRemote(cfg.AAAddr); err != nil {
+			log.Warn("the AA socket is unusable: pulled images are not measured", "aa_socket", cfg.AAAddr, "err", err)
+			measure = nil
+		} else {
+			d.closers = append(d.closers, func() { remote.Close() })
+			measure = forward.RemoteAA{Remote: remote}.Measure
 		}
-		d.closers = append(d.closers, func() { remote.Close() })
-		measure = forward.RemoteAA{Remote: remote}.Measure
 	}
 	cachePlugins := map[string]bool{}
 	for _, name := range cfg.CachePlugins {

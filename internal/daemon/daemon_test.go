@@ -1,20 +1,25 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cdh-proxy/cdh-proxy/config"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 	"github.com/cdh-proxy/cdh-proxy/internal/testutil"
+	"github.com/cdh-proxy/cdh-proxy/test/fakehw"
 	"github.com/cdh-proxy/cdh-proxy/test/kbs"
 )
 
@@ -204,5 +209,61 @@ func TestDropInsAttestOnlyWhenAsked(t *testing.T) {
 	}
 	if n := srv.Counts().Attest; n != 1 {
 		t.Fatalf("%d attestations for one credential, want 1", n)
+	}
+}
+
+// The AA process keeps the event log when aa.toml enables it: on a TEE
+// without runtime registers it starts and says so; on TDX it opens the
+// log, and a write-ahead file it cannot finish refuses the start. The CDH
+// process with an unusable AA socket starts and warns.
+func TestDaemonEventLog(t *testing.T) {
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := testConfig(t, config.Flags{EventLogDir: t.TempDir()})
+	cfg.EventLog = true
+	cfg.AASocket = "unix://" + filepath.Join(t.TempDir(), "aa.sock")
+	d, err := New(context.Background(), cfg, Parts{AA: true}, Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+	if !strings.Contains(logs.String(), "runtime measurements are not supported here") || !strings.Contains(logs.String(), "the sample TEE has no runtime measurement registers") {
+		t.Errorf("no NOT_SUPPORTED warning: %s", logs.String())
+	}
+
+	hwDir := t.TempDir()
+	tdxHW, err := fakehw.NewTDX()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw := Hardware{TSM: tdxHW.ConfigFS(), DevDir: t.TempDir(), TPM: filepath.Join(hwDir, "none"), RTMR: fakehw.RTMR{Dir: hwDir}}
+	cfg.Attester = "tdx"
+	d, err = New(context.Background(), cfg, Parts{AA: true}, Options{Hardware: hw, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+	if _, err := os.Stat(filepath.Join(cfg.EventLogDir, eventlog.LogName)); err != nil {
+		t.Errorf("log not opened: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.EventLogDir, eventlog.WALName), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ce *eventlog.CorruptError
+	if _, err := New(context.Background(), cfg, Parts{AA: true}, Options{Hardware: hw, Logger: logger}); !errors.As(err, &ce) {
+		t.Errorf("corrupt write-ahead file: %v, want a refused start", err)
+	}
+
+	cfg = testConfig(t, config.Flags{})
+	cfg.CDHSocket = "unix://" + filepath.Join(t.TempDir(), "cdh.sock")
+	cfg.AAAddr = "vsock://3:1"
+	logs.Reset()
+	d, err = New(context.Background(), cfg, Parts{CDH: true}, Options{Logger: logger})
+	if err != nil {
+		t.Fatalf("bad [aa] aa_socket: %v", err)
+	}
+	d.close()
+	if !strings.Contains(logs.String(), "pulled images are not measured") {
+		t.Errorf("no warning for a bad AA socket: %s", logs.String())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -153,5 +154,81 @@ func TestVerifyTDXEventLog(t *testing.T) {
 	headerOnly, _ := eventlog.Evidence(nil, aael)
 	if _, err := verify(with(headerOnly)); err == nil || !strings.Contains(err.Error(), "RTMR0") {
 		t.Errorf("header form without the CCEL: %v, want RTMR0 not to replay", err)
+	}
+}
+
+// cdh-proxy's log, as Trustee's own parser took it: the committed log was
+// fed to Trustee's deps/eventlog (testdata/README.md), which replayed MR
+// 1-4 to the committed RTMRs and produced the committed JSON. The writer
+// still writes exactly those bytes, and the test KBS reads them as
+// Trustee did.
+func TestLogTrusteeAccepted(t *testing.T) {
+	hw := t.TempDir()
+	r := fakehw.RTMR{Dir: hw}
+	ccel := filepath.Join(hw, "CCEL")
+	if err := r.Firmware(ccel); err != nil {
+		t.Fatal(err)
+	}
+	logDir := t.TempDir()
+	l, err := eventlog.Open(t.Context(), eventlog.Config{Dir: logDir, InitPCR: 17, Registers: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	pcr8 := uint64(8)
+	for _, e := range []struct {
+		ev  eventlog.Event
+		pcr *uint64
+	}{
+		{eventlog.PullImageEvent("registry.example/app:v1", "sha256:0b2bce09e5b6e5b4e8b6da6f4f1c7d5e2a0a4c3f1e9d8c7b6a5f4e3d2c1b0a99"), nil},
+		{eventlog.Event{Domain: "example.com", Operation: "Configure", Content: "mode=strict"}, nil},
+		{eventlog.Event{Domain: "example.com", Operation: "Other", Content: `{"a": [1, 2]}`}, &pcr8},
+	} {
+		if _, err := l.Extend(t.Context(), e.ev, e.pcr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := eventlog.Source{CCEL: ccel, Dir: logDir}.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile("testdata/cdh-proxy-eventlog.bin")
+	if !bytes.Equal(got, want) {
+		t.Fatalf("the log differs from the one Trustee accepted (%d vs %d bytes)", len(got), len(want))
+	}
+	vals, _ := r.Values()
+	rtmrs, _ := os.ReadFile("testdata/cdh-proxy-eventlog.rtmrs")
+	for i, line := range strings.Fields(string(rtmrs)) {
+		if hex.EncodeToString(vals[i]) != line {
+			t.Errorf("RTMR%d differs from the one Trustee replayed to", i)
+		}
+	}
+	events, err := parseCCEventLog(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var trustee struct {
+		Events []map[string]any `json:"uefi_event_logs"`
+	}
+	b, _ := os.ReadFile("testdata/cdh-proxy-eventlog.trustee.json")
+	if err := json.Unmarshal(b, &trustee); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(events)
+	var ours []map[string]any
+	json.Unmarshal(js, &ours)
+	if len(ours) != len(trustee.Events) {
+		t.Fatalf("%d events, Trustee %d", len(ours), len(trustee.Events))
+	}
+	for i := range ours {
+		keys := []string{"index", "type_name", "digests", "event", "digest_matches_event"}
+		if ours[i]["type_name"] == "EV_EVENT_TAG" {
+			keys = append(keys, "details")
+		}
+		for _, k := range keys {
+			if !reflect.DeepEqual(ours[i][k], trustee.Events[i][k]) {
+				t.Errorf("event %d %s: %v, Trustee %v", i, k, ours[i][k], trustee.Events[i][k])
+			}
+		}
 	}
 }

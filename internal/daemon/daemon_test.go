@@ -267,3 +267,36 @@ func TestDaemonEventLog(t *testing.T) {
 		t.Errorf("no warning for a bad AA socket: %s", logs.String())
 	}
 }
+
+// On an Azure vTPM the default init_pcr 17 is refused at every extend:
+// the start says so, and init_pcr 23 measures.
+func TestDaemonEventLogAzurePCR(t *testing.T) {
+	vm, err := fakehw.NewAzureCVM("az-snp-vtpm", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vm.Close)
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := testConfig(t, config.Flags{EventLogDir: t.TempDir()})
+	cfg.EventLog, cfg.Attester, cfg.TPM, cfg.AzureIMDS = true, "az-snp-vtpm", vm.TPM, vm.IMDS
+	cfg.AASocket = "unix://" + filepath.Join(t.TempDir(), "aa.sock")
+	d, err := New(context.Background(), cfg, Parts{AA: true}, Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+	if !strings.Contains(logs.String(), "set init_pcr = 23") {
+		t.Errorf("no warning for init_pcr 17 on a vTPM: %s", logs.String())
+	}
+	logs.Reset()
+	cfg.InitPCR = 23
+	d, err = New(context.Background(), cfg, Parts{AA: true}, Options{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+	if strings.Contains(logs.String(), "init_pcr = 23") {
+		t.Errorf("warned for init_pcr 23: %s", logs.String())
+	}
+}

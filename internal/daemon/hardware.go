@@ -123,6 +123,9 @@ func (d *Daemon) openEventLog(ctx context.Context, cfg *config.Config, att attes
 		}
 		d.closers = append(d.closers, func() { l.Close() })
 		log.Info("runtime event log enabled", "dir", cfg.EventLogDir, "init_pcr", cfg.InitPCR, "tee", att.Tee())
+		if _, vtpm := regs.(azure.PCRs); vtpm && cfg.InitPCR >= 17 && cfg.InitPCR <= 22 {
+			log.Warn("init_pcr is a dynamic-launch PCR that Azure's vTPM refuses to extend from the guest: every measurement, and so every image pull, will fail; set init_pcr = 23 in aa.toml [eventlog_config]", "init_pcr", cfg.InitPCR)
+		}
 		return eventlog.NewRecorder(l, nil, log), nil
 	}
 	log.Warn("enable_eventlog is set, but runtime measurements are not supported here: ExtendRuntimeMeasurement answers NOT_SUPPORTED", "tee", att.Tee(), "reason", why)

@@ -46,6 +46,7 @@ func (h *handler) evidence(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(ev)
+	h.cfg.Metrics.Count("evidence", http.StatusOK)
 }
 
 // featureOff answers routes whose --features group is disabled, as
@@ -78,6 +79,7 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(b)
+	h.cfg.Metrics.Count("token", http.StatusOK)
 }
 
 // reservedDomain is the domain of the guest's own components' events
@@ -136,6 +138,7 @@ func (h *handler) aael(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write([]byte(msg))
+	h.cfg.Metrics.Count("aael", http.StatusOK)
 }
 
 const maxAAELBody = 64 << 10

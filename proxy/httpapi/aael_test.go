@@ -14,6 +14,7 @@ import (
 	"github.com/cdh-proxy/cdh-proxy/cache"
 	"github.com/cdh-proxy/cdh-proxy/core"
 	"github.com/cdh-proxy/cdh-proxy/eventlog"
+	"github.com/cdh-proxy/cdh-proxy/metrics"
 )
 
 func post(h http.Handler, target, body string, hdr ...string) *httptest.ResponseRecorder {
@@ -95,5 +96,32 @@ func TestAAEL(t *testing.T) {
 	}
 	if rec := post(newHandler(measure, core.Features{Resource: true}), "/aa/aael", `{}`); rec.Code != 404 || !strings.Contains(rec.Body.String(), "feature-disabled") {
 		t.Errorf("feature off: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// Successful attestation-route answers are counted, as the README's
+// metrics table says (evidence and token were not).
+func TestAttestationRoutesCounted(t *testing.T) {
+	c, _ := cache.New(cache.Config{TTL: time.Minute})
+	m, err := metrics.New(metrics.StatsSource{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(Config{Resources: &core.Secrets{Cache: c, KBS: &fakeKBS{}}, Features: core.Features{Attestation: true}, Metrics: m,
+		Evidence: func(context.Context, []byte) (json.RawMessage, error) { return json.RawMessage(`{}`), nil },
+		Token:    func(context.Context) (string, []byte, error) { return "t", []byte("k"), nil },
+		Measure:  func(context.Context, eventlog.Event) (eventlog.Result, error) { return eventlog.OK, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(h, "127.0.0.1:1", "/aa/evidence?runtime_data=x")
+	serve(h, "127.0.0.1:1", "/aa/token?token_type=kbs")
+	post(h, "/aa/aael", `{"domain":"d","operation":"o","content":"c"}`)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, route := range []string{"evidence", "token", "aael"} {
+		if want := `cdh_proxy_http_requests_total{route="` + route + `",status="200"} 1`; !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }

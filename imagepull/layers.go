@@ -35,15 +35,24 @@ type fetchLayer struct {
 	image string
 }
 
+// layer is one layer of the image being pulled: the manifest's
+// descriptor and the config's diff_id for it, the digest of its
+// uncompressed (and decrypted) tar stream.
+type layer struct {
+	types.BlobInfo
+	DiffID digest.Digest
+}
+
 // apply streams layer info into root with archive.Apply and checks every
-// digest before it returns nil. What it wrote is only trustworthy when it
+// digest before it returns nil: the blob's, an encrypted layer's
+// plaintext's, and the config's diff_id, as image-rs and containerd do. What it wrote is only trustworthy when it
 // returns nil: callers unpack into a scratch place first.
-func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string, overlay bool, counted *atomic.Int64) error {
+func (f *fetchLayer) apply(ctx context.Context, info layer, root string, overlay bool, counted *atomic.Int64) error {
 	what := fmt.Sprintf("%s layer %s", f.image, info.Digest)
 	if err := info.Digest.Validate(); err != nil {
 		return &Error{Code: CodeInvalid, Msg: what + ": bad digest", Err: err}
 	}
-	blob, _, err := f.src.GetBlob(ctx, info, none.NoCache)
+	blob, _, err := f.src.GetBlob(ctx, info.BlobInfo, none.NoCache)
 	if err != nil {
 		return registryError(ctx, what, err)
 	}
@@ -73,11 +82,16 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 			r = io.TeeReader(r, inner)
 		}
 	}
-	tarStream, err := decompress(r)
+	if info.DiffID.Validate() != nil {
+		return &Error{Code: CodeInvalid, Msg: what + ": the image config names a bad diff_id"}
+	}
+	decompressed, err := decompress(r)
 	if err != nil {
 		return &Error{Code: CodeInvalid, Msg: what + ": decompress", Err: err}
 	}
-	defer tarStream.Close()
+	defer decompressed.Close()
+	diff := info.DiffID.Algorithm().Digester()
+	tarStream := io.TeeReader(decompressed, diff.Hash())
 	opts := []archive.ApplyOpt{archive.WithFilter(layerFilter)}
 	if overlay {
 		opts = append(opts, archive.WithConvertWhiteout(archive.OverlayConvertWhiteout))
@@ -105,6 +119,9 @@ func (f *fetchLayer) apply(ctx context.Context, info types.BlobInfo, root string
 	}
 	if inner != nil && !inner.Verified() {
 		return &Error{Code: CodeInvalid, Msg: what + ": decrypted content does not match its digest"}
+	}
+	if got := diff.Digest(); got != info.DiffID {
+		return &Error{Code: CodeInvalid, Msg: fmt.Sprintf("%s: its uncompressed content is %s, the image config's diff_id says %s", what, got, info.DiffID)}
 	}
 	return nil
 }
@@ -249,7 +266,7 @@ func (s *layerStore) path(d digest.Digest) string {
 
 // ensureAll makes every layer present, at most parallel downloads at once,
 // and returns their directories bottom first.
-func (s *layerStore) ensureAll(ctx context.Context, infos []types.BlobInfo, parallel int, f *fetchLayer, bytes *int64) ([]string, error) {
+func (s *layerStore) ensureAll(ctx context.Context, infos []layer, parallel int, f *fetchLayer, bytes *int64) ([]string, error) {
 	var counted atomic.Int64
 	defer func() { *bytes += counted.Load() }()
 	dirs := make([]string, len(infos))
@@ -273,7 +290,7 @@ func (s *layerStore) ensureAll(ctx context.Context, infos []types.BlobInfo, para
 // layer joins it, and it is cancelled only when every caller has left. A
 // pull that finds a download its callers abandoned waits for it to end and
 // starts its own.
-func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
+func (s *layerStore) ensure(ctx context.Context, info layer, f *fetchLayer, counted *atomic.Int64) error {
 	final := s.path(info.Digest)
 	gaveUp := func() error { return classify(f.image+" layer "+info.Digest.String(), ctx.Err()) }
 	for {
@@ -322,7 +339,7 @@ func (s *layerStore) ensure(ctx context.Context, info types.BlobInfo, f *fetchLa
 }
 
 // start begins downloading a layer; s.mu is held.
-func (s *layerStore) start(info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) *flight {
+func (s *layerStore) start(info layer, f *fetchLayer, counted *atomic.Int64) *flight {
 	wctx, cancel := context.WithCancel(context.Background())
 	fl := &flight{done: make(chan struct{}), cancel: cancel}
 	s.inflight[info.Digest] = fl
@@ -355,7 +372,7 @@ func (s *layerStore) leave(fl *flight) {
 
 // unpack applies one layer into a scratch directory beside its final name
 // and renames it into place once every check passed.
-func (s *layerStore) unpack(ctx context.Context, info types.BlobInfo, f *fetchLayer, counted *atomic.Int64) error {
+func (s *layerStore) unpack(ctx context.Context, info layer, f *fetchLayer, counted *atomic.Int64) error {
 	tmp, err := os.MkdirTemp(s.dir, ".tmp-")
 	if err != nil {
 		return classify("image work_dir", err)

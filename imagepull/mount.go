@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"go.podman.io/image/v5/types"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,7 +120,7 @@ func mountFrom(dir string, mount func() error) error {
 
 // unpackFlat is the fallback without overlayfs: every layer applied in
 // order straight into rootfs. A failure removes the partial rootfs.
-func (p *Puller) unpackFlat(ctx context.Context, infos []types.BlobInfo, f *fetchLayer, rootfs string, bytes *int64) error {
+func (p *Puller) unpackFlat(ctx context.Context, infos []layer, f *fetchLayer, rootfs string, bytes *int64) error {
 	var counted atomic.Int64
 	defer func() { *bytes += counted.Load() }()
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {

@@ -348,9 +348,20 @@ func (p *Puller) pullOne(ctx context.Context, e *env, named reference.Named, bun
 	if len(infos) == 0 {
 		return "", &Error{Code: CodeInvalid, Msg: name + " has no layers"}
 	}
+	config, err := img.OCIConfig(ctx)
+	if err != nil {
+		return "", registryError(ctx, name+": image config", err)
+	}
+	if n := len(config.RootFS.DiffIDs); n != len(infos) {
+		return "", &Error{Code: CodeInvalid, Msg: fmt.Sprintf("%s: the image config lists %d diff_ids for %d layers", name, n, len(infos))}
+	}
+	layers := make([]layer, len(infos))
+	for i, info := range infos {
+		layers[i] = layer{BlobInfo: info, DiffID: config.RootFS.DiffIDs[i]}
+	}
 	fl := &fetchLayer{src: src, fetch: p.fetch, image: name}
 	if p.overlay {
-		dirs, err := p.layers.ensureAll(ctx, infos, p.cfg.MaxConcurrentLayerDownloads, fl, bytes)
+		dirs, err := p.layers.ensureAll(ctx, layers, p.cfg.MaxConcurrentLayerDownloads, fl, bytes)
 		if err != nil {
 			return "", err
 		}
@@ -359,7 +370,7 @@ func (p *Puller) pullOne(ctx context.Context, e *env, named reference.Named, bun
 		}
 		return dg.String(), nil
 	}
-	if err := p.unpackFlat(ctx, infos, fl, rootfs, bytes); err != nil {
+	if err := p.unpackFlat(ctx, layers, fl, rootfs, bytes); err != nil {
 		return "", err
 	}
 	return dg.String(), nil

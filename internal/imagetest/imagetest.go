@@ -35,7 +35,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -115,32 +114,43 @@ type zeros struct{}
 
 func (zeros) Read(b []byte) (int, error) { clear(b); return len(b), nil }
 
-// Layer is a gzip tar layer.
+// Layer is a gzip tar layer whose diff_id is the uncompressed tar's
+// digest, as in every real image (puller and containerd check it).
 func Layer(t TB, entries ...Entry) v1.Layer {
-	return static.NewLayer(TarGz(t, entries...), types.OCILayer)
-}
-
-// StrictLayer is Layer with the config's diff_id being the uncompressed
-// tar's digest, as a real image's is (Layer's diff_id is the compressed
-// blob's, which cdh-proxy does not read but containerd checks).
-func StrictLayer(t TB, entries ...Entry) v1.Layer {
 	t.Helper()
 	gz := TarGz(t, entries...)
-	zr, err := gzip.NewReader(bytes.NewReader(gz))
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(plain)), nil },
-		tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
+	return withDiffID(t, static.NewLayer(gz, types.OCILayer), uncompressedDigest(t, gz))
 }
+
+// uncompressedDigest is the digest of b's tar stream: b gunzipped, or b
+// itself when it is not gzip.
+func uncompressedDigest(t TB, b []byte) v1.Hash {
+	t.Helper()
+	plain := b
+	if zr, err := gzip.NewReader(bytes.NewReader(b)); err == nil {
+		if plain, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// diffIDLayer is a layer with its diff_id given.
+type diffIDLayer struct {
+	v1.Layer
+	diffID v1.Hash
+}
+
+func withDiffID(t TB, l v1.Layer, d v1.Hash) v1.Layer {
+	t.Helper()
+	return &diffIDLayer{Layer: l, diffID: d}
+}
+
+func (l *diffIDLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
 
 // Image is an OCI image of layers (bottom first) for this machine's
 // platform.
@@ -192,6 +202,7 @@ type Registry struct {
 	// gate: blob downloads wait until gateWidth are in flight at once
 	// (or all gateTotal have come), so the largest number in flight shows
 	// a client's parallelism without depending on timing.
+	configs               map[string]bool // config blobs pushed: never gated
 	gateWidth, gateTotal  int
 	gateArrived, inFlight int
 	maxInFlight           int
@@ -202,7 +213,7 @@ type Registry struct {
 // with a certificate for 127.0.0.1 (see CAPEM).
 func NewRegistry(t TB, useTLS bool) *Registry {
 	t.Helper()
-	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, pad: map[string]bool{}, stall: map[string]chan struct{}{}}
+	r := &Registry{blobGets: map[string]int{}, corrupt: map[string]bool{}, pad: map[string]bool{}, stall: map[string]chan struct{}{}, configs: map[string]bool{}}
 	r.gateCond = sync.NewCond(&r.mu)
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	h := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -229,7 +240,7 @@ func NewRegistry(t TB, useTLS bool) *Registry {
 			padded := r.pad[d]
 			stalled := r.stall[d]
 			delete(r.stall, d)
-			if r.gateWidth > 0 {
+			if r.gateWidth > 0 && !r.configs[d] { // layers only: a config is fetched alone first
 				r.inFlight++
 				r.gateArrived++
 				r.maxInFlight = max(r.maxInFlight, r.inFlight)
@@ -389,6 +400,7 @@ func (r *Registry) Push(t TB, repo string, img v1.Image) v1.Hash {
 	if err := remote.Write(ref, img, r.remoteOpts()...); err != nil {
 		t.Fatal(err)
 	}
+	r.noteConfig(t, img)
 	d, err := img.Digest()
 	if err != nil {
 		t.Fatal(err)
@@ -396,11 +408,23 @@ func (r *Registry) Push(t TB, repo string, img v1.Image) v1.Hash {
 	return d
 }
 
+func (r *Registry) noteConfig(t TB, img v1.Image) {
+	t.Helper()
+	c, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.configs[c.String()] = true
+	r.mu.Unlock()
+}
+
 // PushIndex stores an index of imgs as <host>/<repo>.
 func (r *Registry) PushIndex(t TB, repo string, imgs map[string]v1.Image) v1.Hash {
 	t.Helper()
 	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for arch, img := range imgs {
+		r.noteConfig(t, img)
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{
 			Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
 	}

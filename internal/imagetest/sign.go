@@ -110,8 +110,9 @@ func EncryptedLayer(t TB, plain []byte, kid string, kek []byte) v1.Layer {
 		"iv":           base64.StdEncoding.EncodeToString(iv),
 		"wrap_type":    "A256GCM",
 	})
+	// Its diff_id is the decrypted, uncompressed tar's, as ocicrypt keeps it.
 	return &annotatedLayer{
-		Layer: static.NewLayer(enc, types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")),
+		Layer: withDiffID(t, static.NewLayer(enc, types.MediaType("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")), uncompressedDigest(t, plain)),
 		ann: map[string]string{
 			"org.opencontainers.image.enc.keys.provider.attestation-agent": base64.StdEncoding.EncodeToString(packet),
 			"org.opencontainers.image.enc.pubopts":                         base64.StdEncoding.EncodeToString(pub),

@@ -2,6 +2,7 @@ package imagepull
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -92,6 +93,25 @@ func (p *Puller) mountOverlay(dirs []string, bundle, rootfs string) error {
 	}
 	if err := mountFrom(links, func() error { return p.mount("overlay", rootfs, "overlay", 0, data) }); err != nil {
 		return fail("mount the rootfs overlay at "+rootfs, err)
+	}
+	return nil
+}
+
+// Release undoes a successful Pull into bundle, when what follows the
+// pull fails (its runtime measurement): the rootfs is unmounted and
+// removed, with the overlay's directories, so the bundle is as kata
+// made it and nothing stays mounted. The layer store is untouched.
+func (p *Puller) Release(bundle string) error {
+	rootfs := filepath.Join(bundle, "rootfs")
+	// EINVAL: not a mount point (flat rootfs); ENOENT: no rootfs.
+	if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return classify("unmount "+rootfs, err)
+	}
+	if err := os.RemoveAll(filepath.Join(bundle, "overlay")); err != nil {
+		return classify("bundle "+bundle, err)
+	}
+	if err := os.RemoveAll(rootfs); err != nil {
+		return classify("bundle "+bundle, err)
 	}
 	return nil
 }

@@ -456,3 +456,45 @@ func TestBlobReadOnlyToItsSize(t *testing.T) {
 		t.Errorf("read %d bytes of the blob, want its %d", stats.bytes, size)
 	}
 }
+
+// Release undoes a pull: the overlay is unmounted and the bundle is as
+// before it, the stored layers untouched; the flat rootfs is removed; a
+// bundle never pulled into is no error.
+func TestRelease(t *testing.T) {
+	for _, overlay := range []bool{true, false} {
+		t.Run(fmt.Sprintf("overlay=%v", overlay), func(t *testing.T) {
+			reg := imagetest.NewRegistry(t, false)
+			reg.Push(t, "app:v1", layeredImage(t))
+			cfg := forRegistry(t, reg)
+			opts := Options{}
+			if !overlay {
+				opts.Mount = func(source, target, fstype string, flags uintptr, data string) error {
+					if fstype == "overlay" {
+						return syscall.ENODEV
+					}
+					return unix.Mount(source, target, fstype, flags, data)
+				}
+			}
+			p := New(cfg, newFakeKBS(nil), opts)
+			defer p.Close()
+			b := bundle(t)
+			if _, err := p.Pull(t.Context(), reg.Host+"/app:v1", b); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Release(b); err != nil {
+				t.Fatal(err)
+			}
+			if ents, _ := os.ReadDir(b); len(ents) != 0 {
+				t.Errorf("bundle after Release holds %v", ents)
+			}
+			if overlay {
+				if ents, _ := os.ReadDir(filepath.Join(cfg.WorkDir, "layers")); len(ents) == 0 {
+					t.Error("Release removed the stored layers")
+				}
+			}
+			if err := p.Release(b); err != nil {
+				t.Errorf("a second Release: %v", err)
+			}
+		})
+	}
+}

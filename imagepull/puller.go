@@ -125,8 +125,8 @@ func (p *Puller) UnwrapKey(ctx context.Context, input []byte) ([]byte, error) {
 }
 
 // Pull pulls imageURL and mounts its rootfs at <bundlePath>/rootfs. It
-// returns the digest of the image's manifest as the registry served it
-// (the index's, for a multi-platform image).
+// returns the digest of the image's manifest: for a multi-platform image
+// this platform's, not the index's, as image-rs answers.
 func (p *Puller) Pull(ctx context.Context, imageURL, bundlePath string) (string, error) {
 	start := time.Now()
 	var bytes int64

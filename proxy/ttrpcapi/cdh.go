@@ -34,6 +34,8 @@ type Secrets interface {
 // Images is what PullImage and UnWrapKey call (imagepull.Puller).
 type Images interface {
 	Pull(ctx context.Context, imageURL, bundlePath string) (string, error)
+	// Release undoes a successful Pull whose measurement failed.
+	Release(bundlePath string) error
 	UnwrapKey(ctx context.Context, input []byte) ([]byte, error)
 }
 

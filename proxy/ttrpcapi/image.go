@@ -43,6 +43,10 @@ func (s *imageService) PullImage(ctx context.Context, req *cdh.ImagePullRequest)
 		return nil, imageStatus(err)
 	}
 	if err := s.measurePull(ctx, req.GetImageUrl(), dg); err != nil {
+		// The pull fails, so it leaves nothing mounted.
+		if rerr := s.images.Release(req.GetBundlePath()); rerr != nil {
+			s.log.Error("an unmeasured image's rootfs could not be removed", "bundle", req.GetBundlePath(), "err", rerr)
+		}
 		return nil, err
 	}
 	return &cdh.ImagePullResponse{ManifestDigest: dg}, nil

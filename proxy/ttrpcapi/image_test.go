@@ -21,6 +21,12 @@ import (
 type fakeImages struct {
 	deadline time.Time
 	bundle   string
+	released []string
+}
+
+func (f *fakeImages) Release(bundle string) error {
+	f.released = append(f.released, bundle)
+	return nil
 }
 
 func (f *fakeImages) Pull(ctx context.Context, image, bundle string) (string, error) {

@@ -34,8 +34,9 @@ func TestPullImageIsMeasured(t *testing.T) {
 		deadline, _ = ctx.Deadline()
 		return result, failure
 	}
+	images := &fakeImages{}
 	c := serve(t, func(s *ttrpc.Server) error {
-		return RegisterCDH(s, CDHConfig{Secrets: &fakeSecrets{}, Images: &fakeImages{}, Measure: measure})
+		return RegisterCDH(s, CDHConfig{Secrets: &fakeSecrets{}, Images: images, Measure: measure})
 	})
 	pc := cdh.NewImagePullServiceClient(c)
 	ctx, cancel := context.WithTimeout(t.Context(), 1200*time.Second) // kata's pull deadline
@@ -66,10 +67,17 @@ func TestPullImageIsMeasured(t *testing.T) {
 	if err := pull(); err != nil {
 		t.Errorf("no AA socket: %v", err)
 	}
+	if len(images.released) != 0 {
+		t.Errorf("measured pulls released: %q", images.released)
+	}
 	failure = errors.New("RTMR write: input/output error")
 	err := pull()
 	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "could not be measured") || !strings.Contains(err.Error(), "input/output error") {
 		t.Errorf("failed record: %v", err)
+	}
+	// The pull failed: its rootfs is not left mounted.
+	if len(images.released) != 1 || images.released[0] != "/b" {
+		t.Errorf("released %q, want the failed pull's bundle", images.released)
 	}
 	// A failed pull is not measured.
 	n := len(got)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -96,7 +97,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("eventlog: %s is in use by another process (%w)", f.Name(), err)
 	}
 	l.file = f
-	if l.pos, err = f.Seek(0, 2); err != nil {
+	if l.pos, err = f.Seek(0, io.SeekEnd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("eventlog: %w", err)
 	}

@@ -4,12 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"golang.org/x/sys/unix"
 
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
 )
@@ -47,15 +45,7 @@ func TestConfigDiffIDsChecked(t *testing.T) {
 			reg.Push(t, "swapped:1", withDiffIDs(t, base, gid, gid)) // the second layer's is wrong
 			reg.Push(t, "short:1", withDiffIDs(t, base, gid))
 			cfg := forRegistry(t, reg)
-			opts := Options{}
-			if !overlay {
-				opts.Mount = func(source, target, fstype string, flags uintptr, data string) error {
-					if fstype == "overlay" {
-						return syscall.ENODEV
-					}
-					return unix.Mount(source, target, fstype, flags, data)
-				}
-			}
+			opts := overlayOr(overlay)
 			p := New(cfg, newFakeKBS(nil), opts)
 			defer p.Close()
 			pullOK(t, p, reg.Host+"/ok:1")

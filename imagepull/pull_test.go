@@ -228,12 +228,6 @@ func TestPullFlatFallbackWithoutOverlay(t *testing.T) {
 	reg := imagetest.NewRegistry(t, false)
 	reg.Push(t, "app:v1", layeredImage(t))
 	cfg := forRegistry(t, reg)
-	noOverlay := func(source, target, fstype string, flags uintptr, data string) error {
-		if fstype == "overlay" {
-			return syscall.ENODEV
-		}
-		return unix.Mount(source, target, fstype, flags, data)
-	}
 	p := New(cfg, newFakeKBS(nil), Options{Mount: noOverlay})
 	defer p.Close()
 	b := bundle(t)
@@ -466,16 +460,7 @@ func TestRelease(t *testing.T) {
 			reg := imagetest.NewRegistry(t, false)
 			reg.Push(t, "app:v1", layeredImage(t))
 			cfg := forRegistry(t, reg)
-			opts := Options{}
-			if !overlay {
-				opts.Mount = func(source, target, fstype string, flags uintptr, data string) error {
-					if fstype == "overlay" {
-						return syscall.ENODEV
-					}
-					return unix.Mount(source, target, fstype, flags, data)
-				}
-			}
-			p := New(cfg, newFakeKBS(nil), opts)
+			p := New(cfg, newFakeKBS(nil), overlayOr(overlay))
 			defer p.Close()
 			b := bundle(t)
 			if _, err := p.Pull(t.Context(), reg.Host+"/app:v1", b); err != nil {
@@ -497,4 +482,20 @@ func TestRelease(t *testing.T) {
 			}
 		})
 	}
+}
+
+// noOverlay mounts as a kernel without overlayfs does.
+func noOverlay(source, target, fstype string, flags uintptr, data string) error {
+	if fstype == "overlay" {
+		return syscall.ENODEV
+	}
+	return unix.Mount(source, target, fstype, flags, data)
+}
+
+// overlayOr is the puller's options with overlayfs, or without it.
+func overlayOr(overlay bool) Options {
+	if overlay {
+		return Options{}
+	}
+	return Options{Mount: noOverlay}
 }

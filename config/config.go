@@ -64,7 +64,7 @@ type Config struct {
 	LogLevel       string
 	LogFormat      string        // text | json
 	Features       core.Features // ASR --features route groups
-	TDXEventLog    string        // CCEL path sent as cc_eventlog; "" sends null
+	TDXEventLog    string        // a CCEL always sent in cc_eventlog; "" sends the log only once runtime events exist
 	TPM            string        // Azure vTPM device or swtpm socket; "" = /dev/tpmrm0
 	AzureIMDS      string        // Azure metadata service base URL; "" = http://169.254.169.254
 	// AzureEvidenceVersion is 2 (Trustee ≥ 0.21) or 1 (Trustee 0.18–0.20).

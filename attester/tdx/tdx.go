@@ -27,7 +27,7 @@ type Provider interface {
 
 // Evidence is the primary evidence sent to the KBS.
 type Evidence struct {
-	CCEventlog *string `json:"cc_eventlog"` // null unless an event log is configured
+	CCEventlog *string `json:"cc_eventlog"` // null until there is a log to send (Options.EventLog)
 	Quote      string  `json:"quote"`       // standard base64
 }
 

@@ -27,7 +27,7 @@ func evidence(args []string, stdout, stderr io.Writer, p Process) int {
 	att := fs.String("attester", "auto", "auto, tdx, snp, az-snp-vtpm, az-tdx-vtpm or sample")
 	rd := fs.String("runtime-data", "", "runtime data bound into the evidence (raw bytes, zero-padded to 64 for TDX/SNP)")
 	enc := fs.String("encoding", "", "set to base64 when --runtime-data is URL-safe base64 without padding")
-	eventLog := fs.String("tdx-eventlog", "", "send this CCEL file as cc_eventlog")
+	eventLog := fs.String("tdx-eventlog", "", "TDX: always send this firmware CCEL, with the runtime event log after it, as cc_eventlog")
 	var az azure.Options
 	var azVersion int
 	azureFlags(fs, &az.TPM, &az.IMDS, &azVersion)

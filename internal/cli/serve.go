@@ -27,7 +27,7 @@ func kbsFlags(fs *flag.FlagSet, f *config.Flags) {
 	fs.StringVar(&f.Attester, "attester", "", "evidence source: auto (the default), tdx, snp, az-snp-vtpm, az-tdx-vtpm, or sample (development only)")
 	fs.StringVar(&f.KeyAlgorithm, "tee-key-alg", "", "ephemeral TEE key: ECDH-ES+A256KW-P256 (default), ECDH-ES+A256KW-P521, RSA-OAEP-256")
 	azureFlags(fs, &f.TPM, &f.AzureIMDS, &f.AzureEvidenceVersion)
-	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: send this CCEL file (e.g. /sys/firmware/acpi/tables/data/CCEL) as cc_eventlog; default null")
+	fs.StringVar(&f.TDXEventLog, "tdx-eventlog", "", "TDX: always send this firmware CCEL (e.g. /sys/firmware/acpi/tables/data/CCEL), with the runtime event log after it, as cc_eventlog; default: only once runtime events were recorded")
 	fs.StringVar(&f.InitData, "initdata", "", "initdata TOML sent as init-data (default: initdata.toml in --initdata-dir when it exists)")
 	fs.StringVar(&f.InitDataDir, "initdata-dir", "", "where kata writes initdata.toml, cdh.toml, aa.toml; used when -c, --aa-config, --initdata are not given (default "+config.DefaultInitDataDir+"; - for none)")
 	fs.StringVar(&f.Cmdline, "cmdline", "", "kernel command line to read agent.aa_kbc_params and cdh.kbs_resources from (default /proc/cmdline; - for none)")

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
-	"github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,24 +36,17 @@ type sealedFixture struct {
 
 func newSealedFixture(t *testing.T, k *testKBS) sealedFixture {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwk, err := jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ES256"}.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
 	store := k.Store
 	for tag, v := range map[string][]byte{"env-secret": []byte("db-password-42"), "file-secret": []byte("-----tls key-----")} {
 		if err := store.Write("default", "sealed-secret", tag, v); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := store.Write("default", "signing-key", "sealed-secret", jwk); err != nil {
+	key, err := kbs.WriteSealingKey(store)
+	if err != nil {
 		t.Fatal(err)
 	}
-	kid := "kbs:///default/signing-key/sealed-secret"
+	kid := kbs.SealingKeyID
 	env, err := sealed.Seal(sealed.Vault("kbs:///default/sealed-secret/env-secret"), kid, key)
 	if err != nil {
 		t.Fatal(err)

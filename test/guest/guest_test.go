@@ -8,9 +8,6 @@ package guest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http/httptest"
@@ -21,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/cdh-proxy/cdh-proxy/internal/imagetest"
@@ -120,18 +116,11 @@ func newKBS(t *testing.T) *testKBS {
 			t.Fatal(err)
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := kbs.WriteSealingKey(store)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwk, err := jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ES256"}.MarshalJSON()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Write("default", "signing-key", "sealed-secret", jwk); err != nil {
-		t.Fatal(err)
-	}
-	sealedFile, err := sealed.Seal(sealed.Vault("kbs:///default/sealed-secret/file-secret"), "kbs:///default/signing-key/sealed-secret", key)
+	sealedFile, err := sealed.Seal(sealed.Vault("kbs:///default/sealed-secret/file-secret"), kbs.SealingKeyID, key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,9 @@
 package kbs
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 // Store reads and writes resources. Segments are already validated.
@@ -166,4 +171,25 @@ func WriteCSI(dir string, files map[string][]byte) error {
 		}
 	}
 	return nil
+}
+
+// SealingKeyID is where WriteSealingKey publishes the key, as the kid
+// sealed secrets name.
+const SealingKeyID = "kbs:///default/signing-key/sealed-secret"
+
+// WriteSealingKey makes an ES256 key for sealing secrets and publishes
+// its public JWK in s at SealingKeyID, as an operator prepares one.
+func WriteSealingKey(s Store) (*ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	jwk, err := jose.JSONWebKey{Key: &key.PublicKey, Algorithm: "ES256"}.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Write("default", "signing-key", "sealed-secret", jwk); err != nil {
+		return nil, err
+	}
+	return key, nil
 }

@@ -43,10 +43,7 @@ func (h *handler) evidence(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, "evidence", core.ClassifyEvidence(err), "err", err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(ev)
-	h.cfg.Metrics.Count("evidence", http.StatusOK)
+	h.answer(w, "evidence", "application/octet-stream", ev)
 }
 
 // featureOff answers routes whose --features group is disabled, as
@@ -76,10 +73,7 @@ func (h *handler) token(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, "token", core.Classify(err), "err", err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(b)
-	h.cfg.Metrics.Count("token", http.StatusOK)
+	h.answer(w, "token", "application/octet-stream", b)
 }
 
 // reservedDomain is the domain of the guest's own components' events
@@ -135,10 +129,15 @@ func (h *handler) aael(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		msg = `{"success":"false","message": "Unknown runtime measurement result"}`
 	}
-	w.Header().Set("Content-Type", "application/json")
+	h.answer(w, "aael", "application/json", []byte(msg))
+}
+
+// answer writes a 200 of an attestation route, never cached, and counts it.
+func (h *handler) answer(w http.ResponseWriter, route, contentType string, body []byte) {
+	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write([]byte(msg))
-	h.cfg.Metrics.Count("aael", http.StatusOK)
+	_, _ = w.Write(body)
+	h.cfg.Metrics.Count(route, http.StatusOK)
 }
 
 const maxAAELBody = 64 << 10

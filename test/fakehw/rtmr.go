@@ -13,6 +13,7 @@ import (
 
 	"github.com/cdh-proxy/cdh-proxy/attester"
 	"github.com/cdh-proxy/cdh-proxy/attester/tdx"
+	"github.com/cdh-proxy/cdh-proxy/eventlog"
 )
 
 // RTMR simulates a TD's runtime measurement registers with the TDX
@@ -72,11 +73,8 @@ func (r RTMR) Extend(ctx context.Context, reg uint32, digest []byte) error {
 	if err != nil {
 		return err
 	}
-	h := sha512.New384()
-	h.Write(cur)
-	h.Write(digest)
 	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, h.Sum(nil), 0o600); err != nil {
+	if err := os.WriteFile(tmp, eventlog.Fold(crypto.SHA384, cur, digest), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, name)
